@@ -1,0 +1,83 @@
+"""Argument checks that run in Python, before anything reaches XLA.
+
+Each check raises ``ValueError`` with one sentence. Checks on array *values*
+(e.g. pixels in [0, 1]) run only on concrete arrays, i.e. when a function is
+called eagerly; under ``jax.jit`` the values are tracers and only shapes are
+checked, so the hot path never syncs with the host.
+
+Example::
+
+    from lfr_jax import _validate
+    _validate.nonneg("eps", 0.3)
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import numpy as np
+
+
+def _concrete(v) -> bool:
+  return not isinstance(v, jax.core.Tracer)
+
+
+def nonneg(name: str, value) -> None:
+  """Raises unless ``value >= 0`` (skipped for traced values)."""
+  if _concrete(value) and not np.all(np.asarray(value) >= 0):
+    raise ValueError(f"{name} must be >= 0, got {value}.")
+
+
+def positive(name: str, value) -> None:
+  """Raises unless ``value > 0`` (skipped for traced values)."""
+  if _concrete(value) and not np.all(np.asarray(value) > 0):
+    raise ValueError(f"{name} must be > 0, got {value}.")
+
+
+def in_unit_interval(name: str, value) -> None:
+  """Raises unless ``0 <= value <= 1`` (skipped for traced values)."""
+  if _concrete(value) and not np.all((np.asarray(value) >= 0) & (np.asarray(value) <= 1)):
+    raise ValueError(f"{name} must lie in [0, 1], got {value}.")
+
+
+def steps(name: str, value) -> None:
+  """Raises unless ``value`` is a Python int >= 0 (it shapes the loop)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
+  if value < 0:
+    raise ValueError(f"{name} must be >= 0, got {value}.")
+
+
+def choice(name: str, value, valid: Iterable[str]) -> None:
+  """Raises unless ``value`` is one of ``valid``, listing the valid names."""
+  valid = list(valid)
+  if value not in valid:
+    raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}.")
+
+
+def batch(x, y=None, *, check_range: bool = True) -> None:
+  """Checks an image batch (N, H, W, C) and optional labels (N,).
+
+  Args:
+    x: images; pixel range [0, 1] is checked when ``x`` is concrete.
+    y: integer labels or None.
+    check_range: whether to check the pixel range.
+  """
+  if getattr(x, "ndim", None) != 4:
+    raise ValueError(f"x must be a batch of images (N, H, W, C), got shape "
+                     f"{getattr(x, 'shape', None)}.")
+  if y is not None:
+    if getattr(y, "ndim", None) != 1:
+      raise ValueError(f"y must be a vector of integer labels (N,), got shape "
+                       f"{getattr(y, 'shape', None)}.")
+    if y.shape[0] != x.shape[0]:
+      raise ValueError(f"x and y have different batch sizes: {x.shape[0]} vs "
+                       f"{y.shape[0]}.")
+    if not np.issubdtype(np.dtype(y.dtype), np.integer):
+      raise ValueError(f"y must hold integer labels, got dtype {y.dtype}.")
+  if check_range and _concrete(x):
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < 0.0 or hi > 1.0:
+      raise ValueError(f"x must hold pixels in [0, 1], got values in "
+                       f"[{lo:.4g}, {hi:.4g}].")

@@ -1,0 +1,179 @@
+"""Layers shared by the models: fast conv, PyTorch-style inits, BatchNorm modes.
+
+BatchNorm takes one of three modes, so that LLR's rule (Appendix F: statistics
+taken at the clean point) is a pure function of the model state:
+
+- ``"batch"``: normalize with this batch's statistics, update the running
+  averages and record the statistics in a snapshot;
+- ``"running"``: normalize with the running averages (evaluation);
+- ``"frozen"``: normalize with the snapshot recorded by the last ``"batch"``
+  call, i.e. the clean batch's statistics, without updating anything.
+
+Example::
+
+    from flax import nnx
+    from lfr_jax.models import layers
+    conv = layers.conv(3, 16, 3, rngs=nnx.Rngs(0))
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lfr_jax.models.conv import fast_conv_general_dilated
+
+BN_MODES = ("batch", "running", "frozen")
+
+
+class BatchSnapshot(nnx.Variable):
+  """Batch statistics of the last clean ("batch" mode) forward pass."""
+
+
+def kaiming_normal_fan_in():
+  """PyTorch's ``kaiming_normal_`` (fan_in, ReLU gain): N(0, 2/fan_in)."""
+  return nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_linear_init():
+  """PyTorch's default Linear/Conv weight init: U(+-1/sqrt(fan_in))."""
+  return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default bias init for a layer with ``fan_in`` inputs."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, *, rngs: nnx.Rngs,
+         stride: int = 1, padding="VALID", use_bias: bool = True,
+         kernel_init=None, bias_init=None) -> nnx.Conv:
+  """An ``nnx.Conv`` that uses :func:`fast_conv_general_dilated`.
+
+  Args:
+    in_ch: input channels.
+    out_ch: output channels.
+    kernel: square kernel size.
+    rngs: NNX random streams for initialization.
+    stride: spatial stride.
+    padding: "VALID", "SAME" or explicit pairs.
+    use_bias: whether to add a bias.
+    kernel_init: weight initializer (default: Kaiming normal, fan_in).
+    bias_init: bias initializer (default: zeros).
+
+  Returns:
+    The convolution module.
+  """
+  return nnx.Conv(
+      in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding,
+      use_bias=use_bias, kernel_init=kernel_init or kaiming_normal_fan_in(),
+      bias_init=bias_init or nnx.initializers.zeros_init(),
+      conv_general_dilated=fast_conv_general_dilated, rngs=rngs)
+
+
+def linear(in_f: int, out_f: int, *, rngs: nnx.Rngs, zero: bool = False
+           ) -> nnx.Linear:
+  """A Linear layer with PyTorch's default init (or all zeros).
+
+  Args:
+    in_f: input features.
+    out_f: output features.
+    rngs: NNX random streams.
+    zero: initialize weight and bias to zero (TRADES' fc3).
+
+  Returns:
+    The linear module.
+  """
+  if zero:
+    return nnx.Linear(in_f, out_f, kernel_init=nnx.initializers.zeros_init(),
+                      bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+  return nnx.Linear(in_f, out_f, kernel_init=torch_linear_init(),
+                    bias_init=torch_bias_init(in_f), rngs=rngs)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2/stride-2 max pool as a reshape-max.
+
+  A reshape-max differentiates to elementwise masks at every order, where
+  ``reduce_window``'s ``select_and_scatter`` is slow under grad-of-grad on CPU.
+  """
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None,
+            train: bool) -> jax.Array:
+  """Inverted dropout; the identity unless ``train`` and ``rate > 0``.
+
+  Args:
+    x: activations.
+    rate: drop probability.
+    key: PRNG key, required when the mask is applied.
+    train: whether to apply the mask.
+
+  Returns:
+    Activations with dropout applied.
+  """
+  if not train or rate <= 0.0:
+    return x
+  if key is None:
+    raise ValueError("dropout in train mode needs a dropout_key.")
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm over all but the last axis, with batch/running/frozen modes."""
+
+  def __init__(self, num_features: int, *, momentum: float = 0.9,
+               epsilon: float = 1e-5):
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.snap_mean = BatchSnapshot(jnp.zeros((num_features,), jnp.float32))
+    self.snap_var = BatchSnapshot(jnp.ones((num_features,), jnp.float32))
+    self.momentum = momentum
+    self.epsilon = epsilon
+
+  def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+    axes = tuple(range(x.ndim - 1))
+    if mode == "batch":
+      mean = x.mean(axes)
+      var = jnp.square(x - mean).mean(axes)
+      m = self.momentum
+      self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var)
+      self.snap_mean.value = mean
+      self.snap_var.value = var
+    elif mode == "running":
+      mean, var = self.mean.value, self.var.value
+    elif mode == "frozen":
+      mean, var = self.snap_mean.value, self.snap_var.value
+    else:
+      raise ValueError(f"unknown BatchNorm mode {mode!r}; valid: {BN_MODES}")
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return y * self.scale.value + self.bias.value
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "softplus": jax.nn.softplus}
+
+
+def activation(name: str):
+  """Looks up an activation by name ("relu" or "softplus").
+
+  Args:
+    name: activation name. LLR uses softplus so the loss is smooth.
+
+  Returns:
+    The elementwise function.
+  """
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
