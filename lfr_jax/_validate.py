@@ -77,7 +77,9 @@ def batch(x, y=None, *, check_range: bool = True) -> None:
     if not np.issubdtype(np.dtype(y.dtype), np.integer):
       raise ValueError(f"y must hold integer labels, got dtype {y.dtype}.")
   if check_range and _concrete(x):
-    lo, hi = float(np.min(x)), float(np.max(x))
+    # np.asarray first: jnp reductions would be staged into an enclosing trace.
+    values = np.asarray(x)
+    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
       raise ValueError(f"x must hold pixels in [0, 1], got values in "
                        f"[{lo:.4g}, {hi:.4g}].")

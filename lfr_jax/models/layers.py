@@ -36,6 +36,15 @@ def kaiming_normal_fan_in():
   return nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+def kaiming_normal_fan_out():
+  """PyTorch's ``kaiming_normal_(mode="fan_out")``: N(0, 2/fan_out).
+
+  The init of torchvision's ResNet and of the TRADES/LLR WideResNet, whose
+  ``normal_(0, sqrt(2 / (k * k * out_channels)))`` is the same distribution.
+  """
+  return nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
 def torch_linear_init():
   """PyTorch's default Linear/Conv weight init: U(+-1/sqrt(fan_in))."""
   return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -105,6 +114,62 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """
   n, h, w, c = x.shape
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
+             padding: int = 1) -> jax.Array:
+  """Square max pool over (N, H, W, C) with PyTorch's padding semantics.
+
+  Computed as an elementwise max over the ``window**2`` strided slices of the
+  (-inf padded) input, so that, like :func:`max_pool_2x2`, every derivative is
+  an elementwise mask rather than ``select_and_scatter``. At ties the gradient
+  is shared between the tied inputs (any split is a valid subgradient).
+
+  Args:
+    x: (N, H, W, C) activations.
+    window: pooling window size.
+    stride: spatial stride.
+    padding: symmetric padding per side, filled with -inf (never selected).
+
+  Returns:
+    (N, (H + 2p - window) // stride + 1, (W + 2p - window) // stride + 1, C).
+  """
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                constant_values=-jnp.inf)
+  _, h, w, _ = x.shape
+  out_h = (h - window) // stride + 1
+  out_w = (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      tap = x[:, i:i + stride * (out_h - 1) + 1:stride,
+              j:j + stride * (out_w - 1) + 1:stride, :]
+      out = tap if out is None else jnp.maximum(out, tap)
+  return out
+
+
+def normalize_input(x: jax.Array, mean, std) -> jax.Array:
+  """Per-channel ``(x - mean) / std``, or ``x`` unchanged when both are None.
+
+  Keeping the normalization inside the model lets attacks and regularizers
+  work on [0, 1] inputs, where the epsilon balls are defined.
+
+  Args:
+    x: (N, H, W, C) inputs.
+    mean: per-channel means (length C) or None.
+    std: per-channel standard deviations (length C) or None.
+
+  Returns:
+    The normalized inputs.
+  """
+  if mean is None and std is None:
+    return x
+  if mean is not None:
+    x = x - jnp.asarray(mean, x.dtype)
+  if std is not None:
+    x = x / jnp.asarray(std, x.dtype)
+  return x
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None,

@@ -1,0 +1,221 @@
+"""Training objectives by name: standard, pgd_at, trades, llr, lfr, gradient_norm, decision_jacobian.
+
+``build(method, **settings)`` returns a pure, jittable
+``objective_fn(net, x, y, key, eps) -> (loss, (metrics, new_state))``.
+Differentiate it with respect to ``net.params``; ``eps`` may be a traced scalar
+(for epsilon warm-up), every other setting is static.
+
+Conventions, shared by every method so that the methods differ only in their
+loss:
+
+- The clean forward runs in train mode (dropout on) with BatchNorm in "batch"
+  mode; it updates the running statistics and records the clean batch's
+  statistics (``new_state``).
+- Every forward at a perturbed point uses those clean statistics ("frozen"
+  BatchNorm, LLR Appendix F), so examples stay independent.
+- Inner maximizations run in eval mode (no dropout) with the parameters under
+  ``stop_gradient``, as the authors' PyTorch code does with ``model.eval()``
+  and ``detach()``; outer terms run in train mode with their own dropout mask.
+
+Example::
+
+    import jax, jax.numpy as jnp
+    from lfr_jax import models, objectives
+
+    net = models.create("small_cnn", jax.random.key(0))
+    objective = objectives.build("lfr", lam=0.02, step_size=0.01, num_steps=10)
+    x = jnp.zeros((8, 28, 28, 1)); y = jnp.zeros((8,), jnp.int32)
+
+    def loss_fn(params):
+      return objective(net.replace(params=params), x, y, jax.random.key(1), 0.3)
+
+    (loss, (metrics, new_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(net.params)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lfr_jax import _validate
+from lfr_jax import attacks
+from lfr_jax import losses
+from lfr_jax import regularizers
+
+ObjectiveFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+# Defaults follow the LFR paper's Table 1 setup (MNIST, eps 0.3, step 0.01,
+# K = 40) and each method's own paper for its weights.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "standard": {},
+    "pgd_at": {"step_size": 0.01, "num_steps": 40},
+    "trades": {"step_size": 0.01, "num_steps": 40, "beta": 1.0},
+    # LLR Appendix F.2 (CIFAR-10): lam 4, mu 3, nominal weight 2, Adam 0.1.
+    "llr": {"step_size": 0.1, "num_steps": 10, "lam": 4.0, "mu": 3.0,
+            "nominal_weight": 2.0},
+    "lfr": {"step_size": 0.01, "num_steps": 40, "lam": 0.02, "norm": "l1"},
+    "gradient_norm": {"lam": 0.02, "norm": "l1"},
+    "decision_jacobian": {"c": 1.0, "norm": "l2"},
+}
+_COMMON = {"unroll": True}
+
+
+def names() -> list[str]:
+  """Returns the registered method names."""
+  return list(DEFAULTS)
+
+
+def valid_settings(method: str) -> list[str]:
+  """Returns the setting names ``build`` accepts for ``method``."""
+  _validate.choice("method", method, names())
+  return sorted({**DEFAULTS[method], **_COMMON})
+
+
+class _Views:
+  """The logits functions one training step needs, built once per step."""
+
+  def __init__(self, net, x, key):
+    k_clean, self.k_outer, self.k_inner = jax.random.split(key, 3)
+    self.clean_logits, updated = net.apply(x, train=True, bn_mode="batch",
+                                           dropout_key=k_clean)
+    self.new_state = updated.state
+    # The outer terms use their own dropout mask, like a second forward in
+    # PyTorch; BatchNorm uses the clean statistics just recorded.
+    self.outer = updated.logits_fn(train=True, bn_mode="frozen",
+                                   dropout_key=self.k_outer)
+    frozen = updated.replace(params=lax.stop_gradient(updated.params),
+                             state=lax.stop_gradient(updated.state))
+    self.inner = frozen.logits_fn(train=False, bn_mode="frozen")
+
+
+def _metrics(views, y, loss, ce, reg):
+  acc = jnp.mean(jnp.argmax(views.clean_logits, -1) == y)
+  return {"loss": loss, "ce": ce, "reg": reg, "acc": acc}
+
+
+def _standard(net, x, y, key, eps, *, unroll):
+  del eps, unroll
+  views = _Views(net, x, key)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  return ce, (_metrics(views, y, ce, ce, jnp.zeros_like(ce)), views.new_state)
+
+
+def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll):
+  views = _Views(net, x, key)
+  x_adv = attacks.pgd(views.inner, x, y, views.k_inner, eps=eps,
+                      step_size=step_size, num_steps=num_steps,
+                      random_start=True, unroll=unroll)
+  adv_ce = losses.cross_entropy(views.outer(x_adv), y).mean()
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  return adv_ce, (_metrics(views, y, adv_ce, lax.stop_gradient(ce), adv_ce),
+                  views.new_state)
+
+
+def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll):
+  views = _Views(net, x, key)
+  kl, _ = regularizers.trades_kl(views.outer, x, views.k_inner, eps=eps,
+                                 step_size=step_size, num_steps=num_steps,
+                                 unroll=unroll, inner_logits_fn=views.inner)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  loss = ce + beta * kl.mean()
+  return loss, (_metrics(views, y, loss, ce, kl.mean()), views.new_state)
+
+
+def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
+         nominal_weight, unroll):
+  views = _Views(net, x, key)
+  gamma, first_order = regularizers.local_linearity(
+      views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
+      num_steps=num_steps, unroll=unroll, inner_logits_fn=views.inner)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  loss = nominal_weight * ce + lam * gamma.mean() + mu * first_order.mean()
+  return loss, (_metrics(views, y, loss, ce, gamma.mean()), views.new_state)
+
+
+def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, unroll):
+  views = _Views(net, x, key)
+  flatness, _ = regularizers.local_flatness(
+      views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
+      num_steps=num_steps, norm=norm, unroll=unroll,
+      inner_logits_fn=views.inner)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  loss = ce + lam * flatness.mean()
+  return loss, (_metrics(views, y, loss, ce, flatness.mean()), views.new_state)
+
+
+def _gradient_norm(net, x, y, key, eps, *, lam, norm, unroll):
+  del eps, unroll
+  views = _Views(net, x, key)
+  penalty = regularizers.input_gradient_norm(views.outer, x, y, norm=norm)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  loss = ce + lam * penalty.mean()
+  return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
+
+
+def _decision_jacobian(net, x, y, key, eps, *, c, norm, unroll):
+  del eps, unroll
+  views = _Views(net, x, key)
+  penalty = regularizers.decision_jacobian_norm(views.outer, x, y, norm=norm)
+  ce = losses.cross_entropy(views.clean_logits, y).mean()
+  loss = ce + c * penalty.mean()
+  return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
+
+
+_BUILDERS = {
+    "standard": _standard, "pgd_at": _pgd_at, "trades": _trades, "llr": _llr,
+    "lfr": _lfr, "gradient_norm": _gradient_norm,
+    "decision_jacobian": _decision_jacobian,
+}
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+  if "step_size" in settings:
+    _validate.positive("step_size", settings["step_size"])
+  if "num_steps" in settings:
+    _validate.steps("num_steps", settings["num_steps"])
+  if "norm" in settings:
+    _validate.choice("norm", settings["norm"], regularizers.NORMS)
+  for weight in ("lam", "mu", "beta", "c", "nominal_weight"):
+    if weight in settings:
+      _validate.nonneg(weight, settings[weight])
+
+
+def build(method: str, **settings) -> ObjectiveFn:
+  """Builds the objective of a method by name.
+
+  Args:
+    method: one of :func:`names`.
+    **settings: static settings of that method (see :data:`DEFAULTS` and
+      :func:`valid_settings`); omitted ones take the defaults.
+
+  Returns:
+    ``objective_fn(net, x, y, key, eps) -> (loss, (metrics, new_state))``
+    where ``metrics`` holds scalar "loss", "ce" (clean cross-entropy), "reg"
+    (the method's regularizer or robust term) and "acc" (clean train-mode
+    accuracy), and ``new_state`` is the updated non-parameter model state.
+
+  Raises:
+    ValueError: unknown method, unknown setting, or invalid value.
+  """
+  _validate.choice("method", method, names())
+  allowed = valid_settings(method)
+  unknown = sorted(set(settings) - set(allowed))
+  if unknown:
+    raise ValueError(f"unknown setting(s) {unknown} for method {method!r}; "
+                     f"valid: {', '.join(allowed)}.")
+  merged = {**_COMMON, **DEFAULTS[method], **settings}
+  _check_settings(merged)
+  fn = functools.partial(_BUILDERS[method], **merged)
+
+  def objective_fn(net, x, y, key, eps):
+    _validate.batch(x, y)
+    _validate.nonneg("eps", eps)
+    return fn(net, x, y, key, eps)
+
+  objective_fn.__name__ = f"{method}_objective"
+  return objective_fn
