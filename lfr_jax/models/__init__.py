@@ -32,10 +32,21 @@ import jax
 from flax import nnx
 from flax import struct
 
+from lfr_jax.models.ds_cnn import DSCifarConvNet, DSMnistCNN
 from lfr_jax.models.layers import BN_MODES
+from lfr_jax.models.resnet import ResNet, ResNet50, ResNet152
 from lfr_jax.models.small_cnn import SmallCNN
+from lfr_jax.models.wide_resnet import WideResNet
 
-_REGISTRY: dict[str, Callable[..., nnx.Module]] = {"small_cnn": SmallCNN}
+_REGISTRY: dict[str, Callable[..., nnx.Module]] = {
+    "small_cnn": SmallCNN,
+    "ds_mnist_cnn": DSMnistCNN,
+    "ds_cifar_convnet": DSCifarConvNet,
+    "wide_resnet": WideResNet,
+    "resnet": ResNet,
+    "resnet50": ResNet50,
+    "resnet152": ResNet152,
+}
 
 
 def register(name: str, constructor: Callable[..., nnx.Module]) -> None:
@@ -78,7 +89,8 @@ class Network:
     """
     if bn_mode not in BN_MODES:
       raise ValueError(f"unknown bn_mode {bn_mode!r}; valid: {list(BN_MODES)}")
-    module = nnx.merge(self.graphdef, self.params, self.state)
+    # copy=True: merge would otherwise share (and mutate) the input arrays.
+    module = nnx.merge(self.graphdef, self.params, self.state, copy=True)
     logits = module(x, train=train, bn_mode=bn_mode, dropout_key=dropout_key)
     _, _, new_state = nnx.split(module, nnx.Param, ...)
     return logits, self.replace(state=new_state)

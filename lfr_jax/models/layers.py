@@ -213,18 +213,18 @@ class BatchNorm(nnx.Module):
       mean = x.mean(axes)
       var = jnp.square(x - mean).mean(axes)
       m = self.momentum
-      self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-      self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var)
-      self.snap_mean.value = mean
-      self.snap_var.value = var
+      self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+      self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+      self.snap_mean[...] = mean
+      self.snap_var[...] = var
     elif mode == "running":
-      mean, var = self.mean.value, self.var.value
+      mean, var = self.mean[...], self.var[...]
     elif mode == "frozen":
-      mean, var = self.snap_mean.value, self.snap_var.value
+      mean, var = self.snap_mean[...], self.snap_var[...]
     else:
       raise ValueError(f"unknown BatchNorm mode {mode!r}; valid: {BN_MODES}")
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return y * self.scale.value + self.bias.value
+    return y * self.scale[...] + self.bias[...]
 
 
 ACTIVATIONS = {"relu": jax.nn.relu, "softplus": jax.nn.softplus}
