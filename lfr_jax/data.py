@@ -1,20 +1,43 @@
-"""Datasets: the offline MNIST IDX reader (more loaders are added by the training layer).
+"""Datasets: MNIST, CIFAR-10 and ImageNet as host-local batches for a sharded step.
 
-MNIST is read from the four original IDX ``.gz`` files in a directory given
-explicitly or by the environment variable ``LFR_DATA_DIR``.
+Sources:
+
+- tfds ``array_record`` through ``tfds.data_source`` (random access, no
+  TensorFlow needed to read): MNIST, CIFAR-10, ImageNet (``imagenet2012``).
+  Nothing is downloaded unless ``download=True``; prepare once with
+  ``tfds build <name> --file_format=array_record``.
+- MNIST from the four original IDX ``.gz`` files in ``data.dir`` or
+  ``$LFR_DATA_DIR`` (offline; :func:`load_mnist_idx`).
+
+Splits: "validation" is held out from the *end* of the train split
+(``validation_size`` examples), "train" is the rest (optionally only its first
+``train_size``), "test" is the test split (ImageNet: its validation split).
+
+Batches: the training order is a permutation drawn from (seed, epoch), so
+:func:`train_batches` can start at any (epoch, step) and reproduce the batches
+of an uninterrupted run exactly. Each host reads only its slice of every
+global batch (``process_index`` of ``process_count``); :func:`to_global` then
+assembles the host-local numpy arrays into one array sharded over the mesh.
 
 Example::
 
     from lfr_jax import data
-    x, y = data.load_mnist_idx("test")        # uses $LFR_DATA_DIR
-    x.shape, x.dtype                           # (10000, 28, 28, 1) float32 in [0, 1]
+    ds = data.load({"name": "mnist", "dir": "/data/mnist",
+                    "validation_size": 5000})
+    for x, y in data.train_batches(ds.train, batch_size=128, seed=0, epoch=0):
+      ...                                    # x (128, 28, 28, 1) float32 in [0, 1]
+    x, y = data.load_mnist_idx("test")       # whole split, uses $LFR_DATA_DIR
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
+import queue
 import struct
+import threading
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -72,6 +95,26 @@ def read_idx(path: str, expected_ndim: int) -> np.ndarray:
   return np.frombuffer(payload, np.uint8).reshape(dims)
 
 
+def _mnist_idx_uint8(split: str, data_dir: str | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  if split not in MNIST_FILES:
+    raise DataError(f"unknown MNIST split {split!r}; valid: {sorted(MNIST_FILES)}")
+  root = resolve_data_dir(data_dir)
+  if not os.path.isdir(root):
+    raise DataError(f"MNIST directory {root} does not exist: expected a folder "
+                    f"with the four IDX .gz files ({', '.join(sum(MNIST_FILES.values(), ()))}).")
+  img_name, lbl_name = MNIST_FILES[split]
+  images = read_idx(os.path.join(root, img_name), 3)
+  labels = read_idx(os.path.join(root, lbl_name), 1)
+  if images.shape != (_MNIST_COUNTS[split], 28, 28) or labels.shape != (_MNIST_COUNTS[split],):
+    raise DataError(f"MNIST {split} files in {root} hold {images.shape} images and "
+                    f"{labels.shape} labels; expected ({_MNIST_COUNTS[split]}, 28, 28).")
+  if labels.max() > 9:
+    raise DataError(f"corrupt MNIST labels in {os.path.join(root, lbl_name)}: "
+                    f"expected digits 0-9, found {int(labels.max())}.")
+  return images[..., None], labels.astype(np.int32)
+
+
 def load_mnist_idx(split: str, data_dir: str | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
   """Loads an MNIST split from the original IDX files.
@@ -83,14 +126,441 @@ def load_mnist_idx(split: str, data_dir: str | None = None
   Returns:
     (images float32 (N, 28, 28, 1) in [0, 1], labels int32 (N,)).
   """
-  if split not in MNIST_FILES:
-    raise DataError(f"unknown MNIST split {split!r}; valid: {sorted(MNIST_FILES)}")
-  root = resolve_data_dir(data_dir)
-  img_name, lbl_name = MNIST_FILES[split]
-  images = read_idx(os.path.join(root, img_name), 3)
-  labels = read_idx(os.path.join(root, lbl_name), 1)
-  if images.shape != (_MNIST_COUNTS[split], 28, 28) or labels.shape != (_MNIST_COUNTS[split],):
-    raise DataError(f"MNIST {split} files in {root} hold {images.shape} images and "
-                    f"{labels.shape} labels; expected ({_MNIST_COUNTS[split]}, 28, 28).")
-  x = (images.astype(np.float32) / 255.0)[..., None]
-  return x, labels.astype(np.int32)
+  images, labels = _mnist_idx_uint8(split, data_dir)
+  return images.astype(np.float32) / 255.0, labels
+
+
+# ----------------------------------------------------------------------------
+# Datasets and sources
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training layer needs to know about a dataset.
+
+  Attributes:
+    name: dataset name in configs.
+    num_classes: number of labels.
+    image_shape: native (H, W, C), or None when images vary in size.
+    tfds_name: tfds builder name.
+    train_split: tfds split that provides "train" and "validation".
+    test_split: tfds split used as "test".
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int] | None
+  tfds_name: str
+  train_split: str = "train"
+  test_split: str = "test"
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("mnist", 10, (28, 28, 1), "mnist"),
+    "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), "cifar10"),
+    # ImageNet's test labels are not public; its validation split is the test.
+    "imagenet2012": DatasetInfo("imagenet2012", 1000, None, "imagenet2012",
+                                test_split="validation"),
+}
+SOURCES = ("auto", "idx", "tfds")
+AUGMENTATIONS = ("none", "crop_flip", "inception")
+
+
+def names() -> list[str]:
+  """Returns the dataset names."""
+  return list(DATASETS)
+
+
+class ArraySource:
+  """A split held in host memory as uint8 images and int32 labels."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (uint8 images, int32 labels) at ``indices``."""
+    return self.images[indices], self.labels[indices]
+
+
+class TfdsSource:
+  """A tfds random-access data source (array_record), decoded per batch."""
+
+  def __init__(self, source: Sequence[Mapping[str, Any]], description: str):
+    self.source, self.description = source, description
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Returns (list of uint8 images, int32 labels) at ``indices``."""
+    examples = [self.source[int(i)] for i in indices]
+    return ([np.asarray(e["image"]) for e in examples],
+            np.asarray([e["label"] for e in examples], np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A view of some examples of a source.
+
+  Attributes:
+    source: an :class:`ArraySource` or :class:`TfdsSource`.
+    indices: positions in ``source``, in the split's canonical order.
+  """
+  source: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def read(self, positions: np.ndarray):
+    """Returns (images, labels) of the split's examples at ``positions``."""
+    return self.source.read(self.indices[positions])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """The three splits of a dataset plus its :class:`DatasetInfo`."""
+  info: DatasetInfo
+  train: Split
+  validation: Split
+  test: Split
+  source: str  # "idx" or "tfds", for logs
+
+
+def _get(cfg, key, default):
+  try:
+    value = cfg[key]
+  except (KeyError, AttributeError):
+    return default
+  return default if value is None else value
+
+
+def uses_idx(cfg) -> bool:
+  """Whether ``cfg`` (a data config) reads MNIST from IDX files."""
+  source = _get(cfg, "source", "auto")
+  if source == "idx":
+    return True
+  if source == "tfds":
+    return False
+  return (_get(cfg, "name", "mnist") == "mnist"
+          and bool(_get(cfg, "dir", "") or os.environ.get("LFR_DATA_DIR")))
+
+
+def _open_tfds(info: DatasetInfo, split: str, cfg) -> TfdsSource:
+  # Imported here: tfds is slow to import and only this path needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = _get(cfg, "tfds_data_dir", "") or None
+  download = bool(_get(cfg, "download", False))
+  try:
+    source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir,
+                              download=download)
+  except Exception as e:  # pylint: disable=broad-except
+    # tfds reports a missing dataset as an unsupported TFRECORD format, etc.
+    where = tfds.builder(info.tfds_name, data_dir=data_dir).data_dir
+    hint = (" or set config.data.dir / $LFR_DATA_DIR to the MNIST IDX files"
+            if info.name == "mnist" else "")
+    if not os.path.isdir(where):
+      raise DataError(
+          f"tfds dataset {info.tfds_name} is not prepared in {where}: expected "
+          f"array_record files from `tfds build {info.tfds_name} "
+          f"--file_format=array_record`; or set config.data.download=True{hint}."
+      ) from None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"cannot read tfds dataset {info.tfds_name} split {split!r} "
+                    f"from {where} as array_record: {first} (prepare it with "
+                    f"`tfds build {info.tfds_name} --file_format=array_record`)."
+                    ) from None
+  return TfdsSource(source, f"tfds:{info.tfds_name}/{split}")
+
+
+def load(cfg) -> Dataset:
+  """Opens a dataset and cuts its splits.
+
+  Args:
+    cfg: data config (ConfigDict or dict) with ``name`` and optionally
+      ``source``, ``dir``, ``tfds_data_dir``, ``download``,
+      ``validation_size`` (default 5000) and ``train_size`` (0 = all).
+
+  Returns:
+    The :class:`Dataset`.
+
+  Raises:
+    DataError: unknown dataset, missing or corrupt files, or split sizes that
+      do not fit the data.
+  """
+  name = _get(cfg, "name", "mnist")
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; valid: {', '.join(names())}.")
+  info = DATASETS[name]
+  if uses_idx(cfg):
+    if name != "mnist":
+      raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; use 'tfds'.")
+    train_src = ArraySource(*_mnist_idx_uint8("train", _get(cfg, "dir", "")))
+    test_src = ArraySource(*_mnist_idx_uint8("test", _get(cfg, "dir", "")))
+    kind = "idx"
+  else:
+    train_src = _open_tfds(info, info.train_split, cfg)
+    test_src = _open_tfds(info, info.test_split, cfg)
+    kind = "tfds"
+  n = len(train_src)
+  val = int(_get(cfg, "validation_size", 5000))
+  if not 0 <= val < n:
+    raise DataError(f"data.validation_size {val} must lie in [0, {n}) for "
+                    f"{name} ({n} training examples).")
+  train_size = int(_get(cfg, "train_size", 0)) or n - val
+  if train_size > n - val:
+    raise DataError(f"data.train_size {train_size} exceeds the {n - val} "
+                    f"{name} training examples left after validation_size {val}.")
+  return Dataset(info=info,
+                 train=Split(train_src, np.arange(train_size)),
+                 validation=Split(train_src, np.arange(n - val, n)),
+                 test=Split(test_src, np.arange(len(test_src))),
+                 source=kind)
+
+
+# ----------------------------------------------------------------------------
+# Preprocessing
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  squeeze = image.ndim == 3 and image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  # Resize the shorter side to size / 0.875, then crop the centre (ImageNet eval).
+  h, w = image.shape[:2]
+  scale = size / 0.875 / min(h, w)
+  h2, w2 = max(size, round(h * scale)), max(size, round(w * scale))
+  image = _resize(image, (h2, w2))
+  top, left = (h2 - size) // 2, (w2 - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def _inception_crop(image: np.ndarray, size: int, rng: np.random.Generator
+                    ) -> np.ndarray:
+  # Random area in [8%, 100%], aspect ratio in [3/4, 4/3], then a flip.
+  h, w = image.shape[:2]
+  for _ in range(10):
+    area = h * w * rng.uniform(0.08, 1.0)
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch, cw = round(np.sqrt(area / ratio)), round(np.sqrt(area * ratio))
+    if 0 < ch <= h and 0 < cw <= w:
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      crop = _resize(image[top:top + ch, left:left + cw], (size, size))
+      break
+  else:
+    crop = _center_crop(image, size)
+  return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def _crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray
+               ) -> np.ndarray:
+  # TRADES' CIFAR augmentation: zero-pad 4, random 32x32 crop, random h-flip.
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  out = np.empty_like(images)
+  for i in range(n):
+    top, left = offsets[i]
+    crop = padded[i, top:top + h, left:left + w]
+    out[i] = crop[:, ::-1] if flips[i] else crop
+  return out
+
+
+def preprocess(images, *, train: bool, augment: str = "none",
+               image_size: int = 0, rng_seed: Sequence[int] = (0,),
+               positions: np.ndarray | None = None) -> np.ndarray:
+  """Turns uint8 images into a float32 batch in [0, 1], augmenting if asked.
+
+  Random choices for example ``j`` depend only on ``rng_seed`` and its global
+  position ``positions[j]`` in the batch, so every host (and every resumed
+  run) draws the same augmentation for the same example.
+
+  Args:
+    images: uint8 (N, H, W, C) array, or a list of uint8 (H, W, C) arrays of
+      varying size.
+    train: apply ``augment`` (evaluation never augments).
+    augment: "none", "crop_flip" (pad-4 crop + flip) or "inception" (random
+      resized crop + flip; ImageNet).
+    image_size: output side length; 0 keeps the native size.
+    rng_seed: entropy of this batch, e.g. (seed, epoch, step).
+    positions: global positions of the examples in their batch (default
+      ``arange(N)``).
+
+  Returns:
+    float32 (N, S, S, C) in [0, 1].
+  """
+  n = len(images)
+  positions = np.arange(n) if positions is None else np.asarray(positions)
+  rngs = [np.random.default_rng([*rng_seed, int(p)]) for p in positions] if (
+      train and augment != "none") else None
+  if train and augment == "inception":
+    if not image_size:
+      raise ValueError("augment 'inception' needs data.image_size > 0.")
+    out = np.stack([_inception_crop(np.asarray(im), image_size, r)
+                    for im, r in zip(images, rngs)])
+  else:
+    if image_size and (isinstance(images, list) or images.shape[1:3] != (image_size, image_size)):
+      images = np.stack([_center_crop(np.asarray(im), image_size) for im in images])
+    else:
+      images = np.stack(images) if isinstance(images, list) else images
+    if train and augment == "crop_flip":
+      draws = [(r.integers(0, 9, 2), r.random() < 0.5) for r in rngs]
+      images = _crop_flip(images, np.array([d[0] for d in draws]),
+                          np.array([d[1] for d in draws]))
+    out = images
+  out = np.asarray(out, np.float32) / 255.0
+  return out if out.ndim == 4 else out[..., None]
+
+
+# ----------------------------------------------------------------------------
+# Batches
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder is dropped, a new one each epoch)."""
+  return num_examples // batch_size
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of an epoch: a permutation drawn from (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def _host_slice(global_batch: int, process_index: int, process_count: int
+                ) -> slice:
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by the "
+                     f"{process_count} processes.")
+  local = global_batch // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def train_batches(split: Split, *, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1, augment: str = "none",
+                  image_size: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields this host's part of each training batch of one epoch.
+
+  Args:
+    split: the training split.
+    batch_size: global batch size (all hosts).
+    seed: data seed.
+    epoch: epoch number (selects the permutation).
+    start_step: first step to yield (for resuming mid-epoch).
+    process_index: this host's index.
+    process_count: number of hosts.
+    augment: see :func:`preprocess`.
+    image_size: see :func:`preprocess`.
+
+  Yields:
+    (x float32 (B / process_count, H, W, C) in [0, 1], y int32).
+  """
+  order = epoch_order(len(split), seed, epoch)
+  mine = _host_slice(batch_size, process_index, process_count)
+  positions = np.arange(batch_size)[mine]
+  for step in range(start_step, steps_per_epoch(len(split), batch_size)):
+    batch = order[step * batch_size:(step + 1) * batch_size][mine]
+    images, labels = split.read(batch)
+    x = preprocess(images, train=True, augment=augment, image_size=image_size,
+                   rng_seed=(seed, epoch, step), positions=positions)
+    yield x, labels
+
+
+def eval_batches(split: Split, *, batch_size: int, num_examples: int = 0,
+                 process_index: int = 0, process_count: int = 1,
+                 image_size: int = 0
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields this host's part of fixed-size evaluation batches, in order.
+
+  The last batch is padded (with copies of its first example) to keep one
+  compiled shape; ``mask`` is 0 on the padding.
+
+  Args:
+    split: the split to evaluate.
+    batch_size: global batch size.
+    num_examples: how many of the split's first examples; 0 = all.
+    process_index: this host's index.
+    process_count: number of hosts.
+    image_size: see :func:`preprocess`.
+
+  Yields:
+    (x float32, y int32, mask float32), host-local.
+  """
+  n = len(split) if num_examples <= 0 else min(num_examples, len(split))
+  mine = _host_slice(batch_size, process_index, process_count)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    mask = np.zeros(batch_size, np.float32)
+    mask[:len(idx)] = 1.0
+    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+    images, labels = split.read(idx[mine])
+    yield (preprocess(images, train=False, image_size=image_size), labels,
+           mask[mine])
+
+
+def to_global(sharding, *arrays: np.ndarray):
+  """Assembles host-local batches into global arrays sharded by ``sharding``.
+
+  Args:
+    sharding: e.g. ``NamedSharding(mesh, P("data"))``.
+    *arrays: this host's numpy slices (leading axis = local batch).
+
+  Returns:
+    A tuple of ``jax.Array`` with global leading axis local * process_count.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  return tuple(jax.make_array_from_process_local_data(sharding, a)
+               for a in arrays)
+
+
+def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
+  """Runs ``iterator`` in a background thread, ``size`` items ahead.
+
+  Reading and augmenting the next batches overlaps the device step. Items come
+  out in order; an exception in the producer is re-raised in the consumer.
+
+  Args:
+    iterator: any iterator.
+    size: queue depth.
+
+  Yields:
+    The items of ``iterator``.
+  """
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in iterator:
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      q.put(done)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
