@@ -1,0 +1,32 @@
+"""Every module's docstring example runs as written (docs match the code)."""
+
+import importlib
+import pkgutil
+import re
+import textwrap
+
+import pytest
+
+import lfr_jax
+
+_EXAMPLE = re.compile(r"Example[^\n]*::\n\n((?:    .*\n|\n)+)")
+# Examples that need data or files beyond what a unit test provides.
+_SKIP = {"lfr_jax.training", "lfr_jax.evaluation"}
+
+
+def _modules():
+  names = ["lfr_jax"]
+  for info in pkgutil.walk_packages(lfr_jax.__path__, "lfr_jax."):
+    names.append(info.name)
+  return sorted(n for n in names if n not in _SKIP)
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_module_docstring_example_runs(name):
+  module = importlib.import_module(name)
+  doc = module.__doc__ or ""
+  assert doc.strip(), f"{name} has no module docstring"
+  match = _EXAMPLE.search(doc + "\n")
+  assert match, f"{name}'s docstring has no 'Example::' block"
+  code = textwrap.dedent(match.group(1))
+  exec(compile(code, f"<{name} docstring>", "exec"), {})
