@@ -1,7 +1,8 @@
 """Examples/s of one jitted training step per method (SmallCNN, MNIST shapes).
 
-Each step is the whole update: objective, double backprop where the method
-needs it, and the SGD-momentum update, jitted with donated buffers. Timings
+Each step is ``lfr_jax.training.make_train_step``, the update every training
+run uses: objective, double backprop where the method needs it, and the
+SGD-momentum update, one jit on a 1-device mesh with the state donated. Timings
 are taken after compiling, with ``block_until_ready``, as the median of
 ``--repeats`` steps, all methods in one process on the same machine.
 
@@ -27,6 +28,7 @@ import optax
 
 from lfr_jax import models
 from lfr_jax import objectives
+from lfr_jax import training
 
 _METHODS = flags.DEFINE_list(
     "methods", ["standard", "pgd_at", "trades", "llr", "lfr", "gradient_norm",
@@ -40,50 +42,41 @@ _EPS = flags.DEFINE_float("eps", 0.3, "l_inf radius.")
 _NO_INNER_LOOP = ("standard", "gradient_norm", "decision_jacobian")
 
 
-def make_step(method: str, num_steps: int, net: models.Network):
-  """A jitted SGD step of ``method`` with ``num_steps`` inner steps."""
-  settings = {}
-  if method not in _NO_INNER_LOOP:
-    settings["num_steps"] = num_steps
-    # LLR's inner optimizer is Adam with its own step size (0.1).
-    if method != "llr":
-      settings["step_size"] = 0.01
-  objective = objectives.build(method, **settings)
-  optimizer = optax.sgd(0.01, momentum=0.9)
-
-  def step(params, opt_state, model_state, x, y, key):
-    def loss_fn(p):
-      return objective(net.replace(params=p, state=model_state), x, y, key,
-                       _EPS.value)
-
-    (loss, (metrics, new_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, new_state, loss
-
-  return jax.jit(step, donate_argnums=(0, 1, 2)), optimizer
+def inner_settings(method: str, num_steps: int) -> dict:
+  """Objective settings for ``method`` at ``num_steps`` inner steps."""
+  if method in _NO_INNER_LOOP:
+    return {}
+  # LLR's inner optimizer is Adam with its own step size (0.1).
+  step = {} if method == "llr" else {"step_size": 0.01}
+  return {"num_steps": num_steps, **step}
 
 
 def time_step(method: str, num_steps: int) -> tuple[float, float]:
-  """Returns (compile seconds, median step seconds)."""
+  """Times ``training.make_train_step``, the step every run uses.
+
+  Returns:
+    (seconds of the first call, i.e. compile plus one step; median seconds
+    of the timed steps).
+  """
   net = models.create("small_cnn", jax.random.key(0))
-  # TRADES' zero fc3 makes the very first input gradients zero; a few
-  # standard steps would not change the cost, so time from initialization.
-  step, optimizer = make_step(method, num_steps, net)
-  key = jax.random.key(1)
+  tx = optax.sgd(0.01, momentum=0.9)
+  eps = jnp.asarray(_EPS.value, jnp.float32)
+  step = training.make_train_step(
+      objectives.build(method, **inner_settings(method, num_steps)),
+      net.graphdef, tx, lambda s: 0.01, lambda s: eps, training.make_mesh(1))
+  state = training.create_train_state(net, tx, jax.random.key(1))
+  key = jax.random.key(2)
   x = jax.random.uniform(key, (_BATCH.value, 28, 28, 1))
   y = jax.random.randint(key, (_BATCH.value,), 0, 10)
-  params, opt_state, state = net.params, optimizer.init(net.params), net.state
   start = time.perf_counter()
-  params, opt_state, state, loss = step(params, opt_state, state, x, y, key)
-  jax.block_until_ready(loss)
+  state, metrics = step(state, x, y)
+  jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   times = []
-  for i in range(_REPEATS.value):
+  for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    params, opt_state, state, loss = step(params, opt_state, state, x, y,
-                                          jax.random.fold_in(key, i))
-    jax.block_until_ready(loss)
+    state, metrics = step(state, x, y)
+    jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   return compile_s, statistics.median(times)
 

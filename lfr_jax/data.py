@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import queue
 import struct
@@ -248,7 +249,32 @@ def uses_idx(cfg) -> bool:
           and bool(_get(cfg, "dir", "") or os.environ.get("LFR_DATA_DIR")))
 
 
+class _HideTfdsWarnings:
+  """Hides tfds' warnings while a dataset opens (a missing one is a DataError).
+
+  tfds logs e.g. "Variant folder ... has no dataset_info.json" before failing;
+  users should see one message, not two.
+  """
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 40 or "tensorflow_datasets" not in record.pathname
+
+  def __enter__(self):
+    logging.getLogger().addFilter(self)
+    logging.getLogger("absl").addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    logging.getLogger().removeFilter(self)
+    logging.getLogger("absl").removeFilter(self)
+
+
 def _open_tfds(info: DatasetInfo, split: str, cfg) -> TfdsSource:
+  with _HideTfdsWarnings():
+    return _open_tfds_quietly(info, split, cfg)
+
+
+def _open_tfds_quietly(info: DatasetInfo, split: str, cfg) -> TfdsSource:
   # Imported here: tfds is slow to import and only this path needs it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = _get(cfg, "tfds_data_dir", "") or None
@@ -296,7 +322,8 @@ def load(cfg) -> Dataset:
   info = DATASETS[name]
   if uses_idx(cfg):
     if name != "mnist":
-      raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; use 'tfds'.")
+      raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; "
+                      f"use 'tfds'.")
     train_src = ArraySource(*_mnist_idx_uint8("train", _get(cfg, "dir", "")))
     test_src = ArraySource(*_mnist_idx_uint8("test", _get(cfg, "dir", "")))
     kind = "idx"
@@ -405,7 +432,8 @@ def preprocess(images, *, train: bool, augment: str = "none",
     out = np.stack([_inception_crop(np.asarray(im), image_size, r)
                     for im, r in zip(images, rngs)])
   else:
-    if image_size and (isinstance(images, list) or images.shape[1:3] != (image_size, image_size)):
+    fixed = not isinstance(images, list)
+    if image_size and (not fixed or images.shape[1:3] != (image_size,) * 2):
       images = np.stack([_center_crop(np.asarray(im), image_size) for im in images])
     else:
       images = np.stack(images) if isinstance(images, list) else images

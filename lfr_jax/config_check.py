@@ -1,0 +1,297 @@
+"""Checks a whole training config before anything is written or compiled.
+
+Every mistake a user can make on the command line (a wrong value, a method,
+model or dataset that does not exist, a batch that does not split over the
+devices) becomes one :class:`ConfigError` whose message is a single line naming
+the config field. :func:`validate` needs no devices and runs first;
+:func:`validate_runtime` runs once JAX (and ``jax.distributed``) is up and checks
+what depends on the devices, the model and the dataset's image shape.
+
+Example::
+
+    from lfr_jax import config_check
+    config_check.validate(config)            # raises ConfigError, one line
+    settings = config_check.objective_settings(config)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from lfr_jax import data
+from lfr_jax import models
+from lfr_jax import objectives
+
+UNROLL = ("auto", "full", "none")
+OPTIMIZERS = ("sgd", "adam")
+EVAL_NORMS = ("linf", "l2")
+TEST_CHECKPOINTS = ("final", "best")
+# Settings of the methods' inner maximization, taken from config.inner.
+INNER_SETTINGS = ("step_size", "num_steps")
+SECTIONS = ("method", "seed", "model", "inner", "data", "optim", "train", "eval",
+            "checkpoint", "log", "mesh", "distributed")
+
+
+class ConfigError(ValueError):
+  """A config value is missing, of the wrong type, or invalid (one line)."""
+
+
+def one_line(e: BaseException) -> str:
+  """The last non-empty line of an error message (its most specific part)."""
+  text = str(e).strip()
+  return text.splitlines()[-1].strip() if text else type(e).__name__
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _number(name: str, v, *, lo=None, lo_open=False, hi=None, hi_open=False
+            ) -> None:
+  if not _is_number(v) or not math.isfinite(v):
+    raise ConfigError(f"config.{name} must be a finite number, got {v!r}.")
+  if lo is not None and (v <= lo if lo_open else v < lo):
+    op = ">" if lo_open else ">="
+    raise ConfigError(f"config.{name} must be {op} {lo}, got {v}.")
+  if hi is not None and (v >= hi if hi_open else v > hi):
+    op = "<" if hi_open else "<="
+    raise ConfigError(f"config.{name} must be {op} {hi}, got {v}.")
+
+
+def _integer(name: str, v, *, lo: int | None = None) -> None:
+  if not _is_int(v):
+    raise ConfigError(f"config.{name} must be an integer, got {v!r}.")
+  if lo is not None and v < lo:
+    raise ConfigError(f"config.{name} must be >= {lo}, got {v}.")
+
+
+def _choice(name: str, v, valid) -> None:
+  valid = list(valid)
+  if v not in valid:
+    raise ConfigError(f"config.{name} {v!r} is unknown; valid: "
+                      f"{', '.join(map(str, valid))}.")
+
+
+def resolve_unroll(value: str) -> bool:
+  """Maps ``"auto"`` / ``"full"`` / ``"none"`` to the ``unroll`` flag.
+
+  "auto" unrolls only on CPU, where XLA runs rolled convolution gradients
+  about 10x slower (see docs/BENCHMARKS.md); accelerators skip the compile cost.
+  """
+  if value == "auto":
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.default_backend() == "cpu"
+  return value == "full"
+
+
+def objective_settings(config) -> dict[str, Any]:
+  """The keyword settings of ``objectives.build`` for ``config.method``.
+
+  The method's own section (e.g. ``config.lfr``) plus the shared inner
+  settings (``config.inner.step_size/num_steps/unroll``) the method accepts.
+  """
+  method = config.method
+  allowed = objectives.valid_settings(method)
+  settings = dict(config[method]) if method in config else {}
+  for key in INNER_SETTINGS:
+    if key in allowed:
+      settings[key] = config.inner[key]
+  if "unroll" in allowed:
+    settings["unroll"] = resolve_unroll(config.inner.unroll)
+  return settings
+
+
+def model_kwargs(config) -> dict[str, Any]:
+  """Keyword arguments of ``models.create``: ``config.model`` minus its name."""
+  return {k: v for k, v in config.model.items() if k != "name"}
+
+
+def _check_sections(config) -> None:
+  missing = [s for s in SECTIONS if s not in config]
+  if missing:
+    raise ConfigError(f"config lacks section(s) {', '.join(missing)}; start "
+                      f"from a preset in configs/.")
+  extra = [k for k in config if k not in SECTIONS and k != config.method]
+  stray = [k for k in extra if k in objectives.names()]
+  if stray:
+    raise ConfigError(f"config.{stray[0]} holds settings for method {stray[0]!r} "
+                      f"but config.method is {config.method!r}; use the "
+                      f"{config.method} preset or drop those settings.")
+  if extra:
+    raise ConfigError(f"config has unknown section(s) {', '.join(extra)}.")
+
+
+def _check_method(config) -> None:
+  _choice("method", config.method, objectives.names())
+  method = config.method
+  own = dict(config[method]) if method in config else {}
+  allowed = [k for k in objectives.valid_settings(method)
+             if k not in INNER_SETTINGS and k != "unroll"]
+  unknown = sorted(set(own) - set(allowed))
+  if unknown:
+    raise ConfigError(f"config.{method}.{unknown[0]} is not a setting of "
+                      f"{method}; valid: {', '.join(allowed) or 'none'}.")
+  inner = config.inner
+  _number("inner.eps", inner.eps, lo=0)
+  _number("inner.step_size", inner.step_size, lo=0, lo_open=True)
+  _integer("inner.num_steps", inner.num_steps, lo=0)
+  _number("inner.warmup_epochs", inner.warmup_epochs, lo=0)
+  _choice("inner.unroll", inner.unroll, UNROLL)
+  settings = dict(own)
+  for key in INNER_SETTINGS:
+    if key in objectives.valid_settings(method):
+      settings[key] = inner[key]
+  try:
+    objectives.build(method, **settings)
+  except ValueError as e:
+    prefix = f"config.{method}: " if own else ""
+    raise ConfigError(f"{prefix}{one_line(e)}") from None
+
+
+def _check_data(config) -> None:
+  d = config.data
+  _choice("data.name", d.name, data.names())
+  _choice("data.source", d.source, data.SOURCES)
+  if d.source == "idx" and d.name != "mnist":
+    raise ConfigError(f"config.data.source 'idx' reads MNIST only, not "
+                      f"{d.name!r}; use 'tfds' or 'auto'.")
+  _choice("data.augment", d.augment, data.AUGMENTATIONS)
+  _integer("data.image_size", d.image_size, lo=0)
+  if data.DATASETS[d.name].image_shape is None and not d.image_size:
+    raise ConfigError(f"config.data.image_size must be > 0 for {d.name} "
+                      f"(its images vary in size).")
+  if d.augment == "inception" and not d.image_size:
+    raise ConfigError("config.data.augment 'inception' needs data.image_size > 0.")
+  _integer("data.batch_size", d.batch_size, lo=1)
+  _integer("data.validation_size", d.validation_size, lo=0)
+  _integer("data.train_size", d.train_size, lo=0)
+
+
+def _check_optim(config) -> None:
+  o = config.optim
+  _choice("optim.name", o.name, OPTIMIZERS)
+  _number("optim.lr", o.lr, lo=0, lo_open=True)
+  _number("optim.momentum", o.momentum, lo=0, hi=1, hi_open=True)
+  _number("optim.weight_decay", o.weight_decay, lo=0)
+  _number("optim.decay_factor", o.decay_factor, lo=0, lo_open=True)
+  epochs = tuple(o.decay_epochs)
+  for e in epochs:
+    _number("optim.decay_epochs", e, lo=0)
+  if any(b <= a for a, b in zip(epochs, epochs[1:])):
+    raise ConfigError(f"config.optim.decay_epochs must increase, got {epochs}.")
+  _number("train.num_epochs", config.train.num_epochs, lo=0, lo_open=True)
+  _integer("train.max_steps", config.train.max_steps, lo=0)
+
+
+def _check_eval(config) -> None:
+  e = config.eval
+  _integer("eval.every_epochs", e.every_epochs, lo=0)
+  _integer("eval.val_examples", e.val_examples, lo=0)
+  _integer("eval.test_examples", e.test_examples, lo=0)
+  _choice("eval.test_checkpoint", e.test_checkpoint, TEST_CHECKPOINTS)
+  _integer("eval.batch_size", e.batch_size, lo=1)
+  _number("eval.eps", e.eps, lo=0)
+  _number("eval.step_size", e.step_size, lo=0, lo_open=True)
+  _integer("eval.num_steps", e.num_steps, lo=0)
+  _integer("eval.restarts", e.restarts, lo=1)
+  _choice("eval.norm", e.norm, EVAL_NORMS)
+  _choice("eval.unroll", e.unroll, UNROLL)
+  if e.test_checkpoint == "best" and not config.checkpoint.keep_best:
+    raise ConfigError("config.eval.test_checkpoint 'best' needs "
+                      "config.checkpoint.keep_best=True.")
+
+
+def _check_rest(config) -> None:
+  _integer("seed", config.seed, lo=0)
+  _choice("model.name", config.model.name, models.names())
+  _integer("checkpoint.every_steps", config.checkpoint.every_steps, lo=0)
+  _integer("checkpoint.keep", config.checkpoint.keep, lo=1)
+  _integer("log.every_steps", config.log.every_steps, lo=1)
+  _integer("mesh.num_devices", config.mesh.num_devices, lo=0)
+  dist = config.distributed
+  _integer("distributed.num_processes", dist.num_processes, lo=0)
+  _integer("distributed.process_id", dist.process_id, lo=-1)
+
+
+def validate(config) -> None:
+  """Checks every field that needs no devices. Call before creating anything.
+
+  Args:
+    config: a training ConfigDict (see configs/common.py).
+
+  Raises:
+    ConfigError: with a one-line message naming the field.
+  """
+  try:
+    _check_sections(config)
+    _check_method(config)
+    _check_data(config)
+    _check_optim(config)
+    _check_eval(config)
+    _check_rest(config)
+  except ConfigError:
+    raise
+  except (AttributeError, KeyError, TypeError) as e:
+    raise ConfigError(f"malformed config: {one_line(e)}") from None
+
+
+def num_mesh_devices(config) -> int:
+  """Devices the data axis spans: ``mesh.num_devices`` or all of them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return config.mesh.num_devices or jax.device_count()
+
+
+def validate_runtime(config) -> None:
+  """Checks what depends on the devices and on the model (after JAX starts).
+
+  Batches must split evenly over the mesh and the hosts, and the model must
+  accept the dataset's images and produce one logit per class (checked with
+  ``jax.eval_shape``, so nothing is allocated).
+
+  Args:
+    config: a config that passed :func:`validate`.
+
+  Raises:
+    ConfigError: with a one-line message.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  available, hosts = jax.device_count(), jax.process_count()
+  n = num_mesh_devices(config)
+  if n > available:
+    raise ConfigError(f"config.mesh.num_devices {n} exceeds the {available} "
+                      f"available devices.")
+  if hosts > 1 and n != available:
+    raise ConfigError("config.mesh.num_devices must be 0 (all devices) when "
+                      "running on several hosts.")
+  for name, batch in (("data.batch_size", config.data.batch_size),
+                      ("eval.batch_size", config.eval.batch_size)):
+    if batch % n or batch % hosts:
+      raise ConfigError(f"config.{name} {batch} is not divisible by the {n} "
+                        f"devices of the mesh ({hosts} host(s)).")
+  info = data.DATASETS[config.data.name]
+  size = config.data.image_size
+  shape = (size, size, info.image_shape[-1] if info.image_shape else 3) if size \
+      else info.image_shape
+  name, kwargs = config.model.name, model_kwargs(config)
+
+  def logits_shape():
+    net = models.create(name, jax.random.key(0), **kwargs)
+    return net.apply(jnp.zeros((2, *shape)), bn_mode="batch")[0]
+
+  try:
+    out = jax.eval_shape(logits_shape)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model {name!r} with settings {kwargs} does not build "
+                      f"for {config.data.name} images {shape}: {one_line(e)}"
+                      ) from None
+  if out.shape != (2, info.num_classes):
+    raise ConfigError(f"model {name!r} gives {out.shape[-1]} logits but "
+                      f"{config.data.name} has {info.num_classes} classes; set "
+                      f"config.model.num_classes.")

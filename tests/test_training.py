@@ -1,0 +1,234 @@
+"""The training loop: every method end to end, exact resume, NaN stop, sharding."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lfr_jax import config_check
+from lfr_jax import objectives
+from lfr_jax import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
+
+PRESET_OF = {"standard": "mnist_standard", "pgd_at": "mnist_at",
+             "trades": "mnist_trades", "llr": "mnist_llr", "lfr": "mnist_lfr",
+             "gradient_norm": "mnist_gradient_norm",
+             "decision_jacobian": "mnist_decision_jacobian"}
+
+
+def smoke(preset, **overrides):
+  module = __import__(f"configs.{preset}", fromlist=["get_config"])
+  config = module.get_config("smoke")
+  config.eval.test_examples = 16
+  config.eval.val_examples = 16
+  config.eval.batch_size = 16
+  for field, value in overrides.items():
+    section, key = field.split("__")
+    config[section][key] = value
+  return config
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_every_method_has_a_preset():
+  assert set(PRESET_OF) == set(objectives.names())
+
+
+@pytest.mark.parametrize("method", sorted(PRESET_OF))
+def test_smoke_run_every_method(method, tmp_path):
+  workdir = str(tmp_path / method)
+  summary = training.train_and_evaluate(smoke(PRESET_OF[method]), workdir)
+  assert summary["completed"] and summary["method"] == method
+  assert summary["step"] == 8 and summary["test_examples"] == 16
+  assert 0.0 <= summary["test_pgd_acc"] <= summary["test_clean_acc"] <= 1.0
+  records = _records(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  assert {"loss", "ce", "reg", "acc", "grad_norm", "examples_per_sec", "lr",
+          "eps"} <= set(train[-1])
+  assert all(np.isfinite(r["loss"]) for r in train)
+  val = [r for r in records if r["split"] == "val"]
+  assert len(val) == 2 and {"clean_acc", "pgd_acc"} <= set(val[0])
+  assert [r["split"] for r in records].count("test") == 1
+  for entry in ("config.json", "summary.json", "checkpoints", "best_checkpoint",
+                "tensorboard"):
+    assert os.path.exists(os.path.join(workdir, entry)), entry
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["method"] == method
+
+
+def test_resume_mid_epoch_is_bitwise_identical(tmp_path):
+  # LFR: dropout, random starts and double backprop all draw on the saved RNG.
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  training.train_and_evaluate(smoke("mnist_lfr"), straight)
+  stopped = training.train_and_evaluate(smoke("mnist_lfr", train__max_steps=3),
+                                        split)
+  assert not stopped["completed"] and stopped["step"] == 3  # mid epoch 0 (4 steps)
+  resumed = training.train_and_evaluate(smoke("mnist_lfr"), split)
+  assert resumed["completed"] and resumed["step"] == 8
+  a, meta_a = training.load_checkpoint(smoke("mnist_lfr"), straight)
+  b, meta_b = training.load_checkpoint(smoke("mnist_lfr"), split)
+  assert meta_a["step"] == meta_b["step"] == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert resumed["test_pgd_acc"] == pytest.approx(
+      _records(straight)[-1]["pgd_acc"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real_build = objectives.build
+
+  def poisoned_build(method, **settings):
+    objective = real_build(method, **settings)
+
+    def fn(net, x, y, key, eps):
+      loss, aux = objective(net, x, y, key, eps)
+      # eps grows with the step (warm-up below): NaN from the 6th update on.
+      return jnp.where(eps > 0.15, jnp.nan, loss), aux
+    return fn
+
+  monkeypatch.setattr(objectives, "build", poisoned_build)
+  workdir = str(tmp_path / "nan")
+  config = smoke("mnist_at", inner__warmup_epochs=2.0)
+  with pytest.raises(training.TrainingDiverged,
+                     match="NaN/Inf at step 6 .*last good checkpoint is step 4"):
+    training.train_and_evaluate(config, workdir)
+  state, meta = training.load_checkpoint(config, workdir)
+  assert meta["step"] == 4
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_schedules():
+  config = smoke("mnist_lfr")
+  config.optim.decay_epochs = (1.0, 1.5)
+  _, lr = training.make_optimizer(config.optim, steps_per_epoch=10)
+  assert [float(lr(s)) for s in (0, 9, 10, 14, 15)] == pytest.approx(
+      [0.01, 0.01, 0.001, 0.001, 0.0001])
+  config.inner.warmup_epochs = 2.0
+  eps = training.eps_schedule(config.inner, steps_per_epoch=10)
+  assert [float(eps(jnp.asarray(s))) for s in (0, 10, 20, 30)] == pytest.approx(
+      [0.0, 0.15, 0.3, 0.3])
+
+
+def test_workdir_guard(tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(config_check.ConfigError, match="already holds other files"):
+    training.train_and_evaluate(smoke("mnist_standard"), str(tmp_path))
+  with pytest.raises(config_check.ConfigError, match="--workdir must name"):
+    training.train_and_evaluate(smoke("mnist_standard"), "")
+
+
+_SHARDED = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    import lfr_jax, jax, jax.numpy as jnp, numpy as np
+    from configs import mnist_lfr, mnist_at
+    from lfr_jax import config_check, data, models, objectives, training
+    assert jax.device_count() == 8, jax.devices()
+
+    def one_step(config, model_kwargs, x, y, n):
+      mesh = training.make_mesh(n)
+      net = models.create(config.model.name, jax.random.key(0), **model_kwargs)
+      tx, lr = training.make_optimizer(config.optim, 10)
+      objective = objectives.build(config.method,
+                                   **config_check.objective_settings(config))
+      step = training.make_train_step(objective, net.graphdef, tx, lr,
+                                      training.eps_schedule(config.inner, 10), mesh)
+      state = training.create_train_state(net, tx, jax.random.key(1))
+      sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      xs, ys = data.to_global(sharding, x, y)
+      state, metrics = step(state, xs, ys)
+      assert len(xs.sharding.device_set) == n
+      return jax.device_get((state.params, state.model_state, metrics))
+
+    rng = np.random.default_rng(0)
+    cases = []
+    lfr = mnist_lfr.get_config("smoke")
+    cases.append((lfr, {{}}, rng.random((16, 28, 28, 1), np.float32)))
+    # BatchNorm: batch statistics must be those of the global batch.
+    at = mnist_at.get_config("smoke")
+    at.model.name = "wide_resnet"
+    cases.append((at, dict(depth=10, width=1, in_channels=1),
+                  rng.random((16, 28, 28, 1), np.float32)))
+    y = (np.arange(16) % 10).astype(np.int32)
+    for config, kwargs, x in cases:
+      one, eight = one_step(config, kwargs, x, y, 1), one_step(config, kwargs, x, y, 8)
+      diffs = [float(np.max(np.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(one), jax.tree.leaves(eight))]
+      print(config.method, config.model.name, "max diff", max(diffs))
+      assert max(diffs) < 1e-6, diffs
+
+    # The whole loop on 8 devices, and the divisibility check.
+    config = mnist_lfr.get_config("smoke")
+    config.eval.val_examples = config.eval.test_examples = 16
+    config.eval.batch_size = 16
+    summary = training.train_and_evaluate(config, sys.argv[1])
+    assert summary["completed"], summary
+    config.data.batch_size = 12
+    try:
+      config_check.validate_runtime(config)
+      raise SystemExit("batch 12 over 8 devices was accepted")
+    except config_check.ConfigError as e:
+      assert "not divisible by the 8 devices" in str(e), e
+    print("OK")
+""")
+
+
+def test_sharded_step_matches_single_device(tmp_path):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8").strip()
+  script = tmp_path / "sharded.py"
+  script.write_text(_SHARDED.format(repo=REPO))
+  proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run")],
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and "OK" in proc.stdout, (
+      proc.stdout[-2000:] + proc.stderr[-4000:])
+
+
+def test_train_py_smoke_prints_one_summary_line(tmp_path):
+  workdir = tmp_path / "cli"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "train.py"),
+       "--config=configs/mnist_standard.py:smoke", f"--workdir={workdir}",
+       "--config.eval.val_examples=16", "--config.eval.test_examples=16",
+       "--config.eval.batch_size=16"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1 and "test clean" in lines[0] and "PGD-2" in lines[0]
+  assert (workdir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("preset", [
+    "cifar10_llr", pytest.param("imagenet_lfr", marks=pytest.mark.slow)])
+def test_smoke_run_on_mocked_tfds(preset, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = smoke(preset, data__validation_size=16, data__train_size=64)
+  with tfds.testing.mock_data(num_examples=96):
+    summary = training.train_and_evaluate(config, str(tmp_path / preset))
+  assert summary["completed"] and summary["test_examples"] == 16
+
+
+@pytest.mark.slow
+def test_quick_lfr_learns(tmp_path):
+  # About 3 minutes on 2 CPU cores.
+  module = __import__("configs.mnist_lfr", fromlist=["get_config"])
+  summary = training.train_and_evaluate(module.get_config("quick"),
+                                        str(tmp_path / "quick"))
+  assert summary["test_clean_acc"] > 0.8
