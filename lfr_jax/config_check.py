@@ -9,7 +9,9 @@ what depends on the devices, the model and the dataset's image shape.
 
 Example::
 
+    from configs import mnist_lfr
     from lfr_jax import config_check
+    config = mnist_lfr.get_config("smoke")
     config_check.validate(config)            # raises ConfigError, one line
     settings = config_check.objective_settings(config)
 """

@@ -22,10 +22,10 @@ assembles the host-local numpy arrays into one array sharded over the mesh.
 Example::
 
     from lfr_jax import data
-    ds = data.load({"name": "mnist", "dir": "/data/mnist",
+    ds = data.load({"name": "mnist", "dir": "",   # "" = $LFR_DATA_DIR
                     "validation_size": 5000})
     for x, y in data.train_batches(ds.train, batch_size=128, seed=0, epoch=0):
-      ...                                    # x (128, 28, 28, 1) float32 in [0, 1]
+      break                                  # x (128, 28, 28, 1) float32 in [0, 1]
     x, y = data.load_mnist_idx("test")       # whole split, uses $LFR_DATA_DIR
 """
 
