@@ -19,7 +19,8 @@ from configs import common  # noqa: E402
 
 PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(REPO, "configs", "*.py"))
-    if not os.path.basename(p).startswith(("_", "common")))
+    # evaluate.py configures evaluate.py, not a training run.
+    if not os.path.basename(p).startswith(("_", "common", "evaluate")))
 METHOD_OF = {"standard": "standard", "at": "pgd_at", "trades": "trades",
              "llr": "llr", "lfr": "lfr", "gradient_norm": "gradient_norm",
              "decision_jacobian": "decision_jacobian"}
