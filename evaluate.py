@@ -1,0 +1,232 @@
+"""Robustness table, gradient-masking checks and geometry figures of checkpoints.
+
+Usage::
+
+    python evaluate.py --workdir=runs/mnist_lfr
+    python evaluate.py --workdir=runs/mnist_lfr --config.eval.num_examples=500
+    python evaluate.py --workdir=runs/lfr,runs/trades --out=runs/compare \\
+        --config=configs/evaluate.py:quick
+    python evaluate.py --torch_checkpoint=trades_smallcnn.pt --model=small_cnn
+    python evaluate.py --workdir=runs/mnist_lfr \\
+        --config.eval.attacks=pgd,apgd_ce,worst --config.eval.geometry=False
+
+Rows are the final checkpoint of each workdir and its best one (by validation
+PGD accuracy) when that is another step, plus each PyTorch state_dict (row
+label: its file name; ``--model_kwargs='{"depth": 34, "width": 10}'`` for a
+WideResNet). ``--config`` defaults to configs/evaluate.py; override any field
+with ``--config.eval.<field>=value``.
+
+Writes ``<out>/robustness.{md,csv,json}``, ``<out>/per_example.npz`` and
+``<out>/figures/`` where ``<out>`` is ``--out``, else ``<first workdir>/eval``,
+else ``eval/`` beside the first PyTorch checkpoint; prints the table, the eps
+sweep and the PASS/WARN lines of the gradient-masking checks.
+
+A mistake in the flags or the config (unknown attack, eps outside [0, 1], a
+workdir without checkpoint, a corrupt checkpoint, a missing PyTorch file)
+exits with status 2 and one line on stderr, before anything is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+
+import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from lfr_jax import config_check
+from lfr_jax import data
+from lfr_jax import evaluation
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "configs", "evaluate.py")
+# Dataset of a PyTorch checkpoint evaluated without a workdir, by model.
+DATASET_OF_MODEL = {"small_cnn": "mnist", "wide_resnet": "cifar10"}
+
+# Errors that are the user's to fix: reported in one line, no traceback.
+USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
+
+
+def _unquote(text: str) -> str:
+  for _ in range(3):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+      try:
+        text = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        break
+  return text
+
+
+def one_line(error: BaseException) -> str:
+  """The informative line of an error message, without exception prefixes."""
+  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
+           if l.strip()]
+  line = lines[-1] if lines else type(error).__name__
+  return re.sub(r"^(\w+(Error|Exception): )+", "", line)
+
+
+def _unknown_field(error: BaseException, argv: list[str]) -> str:
+  """``--config.a.b: no such config field. ...`` for a misspelled key."""
+  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
+           if l.strip()]
+  key = _unquote(lines[0]) if lines else ""
+  hint = " ".join(lines[1:])
+  flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+               and key in a.split("=")[0].split(".")), f"--config.*.{key}")
+  return f"{flag}: no such config field." + (f" {hint}" if hint else "")
+
+
+def fail(message: str) -> None:
+  """Prints ``evaluate.py: error: message`` on stderr and exits with 2."""
+  print(f"evaluate.py: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser, with every parse error turned into one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    fail(_unknown_field(e, argv))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(one_line(e))
+
+
+# With a default file, config_flags applies --config.* overrides while the
+# flag is defined, so a misspelled field or bad value raises here.
+try:
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", DEFAULT_CONFIG, "Evaluation settings (configs/evaluate.py, "
+      "optionally :quick or :smoke); override with --config.eval.<field>=value.",
+      lock_config=True)
+except (AttributeError, KeyError) as e:
+  fail(_unknown_field(e, sys.argv))
+except Exception as e:  # pylint: disable=broad-except
+  fail(one_line(e))
+
+_WORKDIR = flags.DEFINE_list(
+    "workdir", [], "Training workdir(s), comma-separated.")
+_TORCH = flags.DEFINE_list(
+    "torch_checkpoint", [], "PyTorch state_dict file(s) to evaluate too.")
+_MODEL = flags.DEFINE_string(
+    "model", "small_cnn", "Model of the PyTorch checkpoints (small_cnn, "
+    "wide_resnet).")
+_MODEL_KWARGS = flags.DEFINE_string(
+    "model_kwargs", "{}", "JSON dict of model settings for the PyTorch "
+    "checkpoints, e.g. '{\"depth\": 34, \"width\": 10}'.")
+_DATASET = flags.DEFINE_string(
+    "dataset", "", "Test data of PyTorch checkpoints given without a workdir "
+    "(default: mnist for small_cnn, cifar10 for wide_resnet).")
+_OUT = flags.DEFINE_string(
+    "out", None, "Output folder (default: <first workdir>/eval).")
+
+
+def _model_kwargs() -> dict:
+  try:
+    kwargs = json.loads(_MODEL_KWARGS.value or "{}")
+  except ValueError as e:
+    raise evaluation.EvalError(f"--model_kwargs is not JSON: {e}.") from None
+  if not isinstance(kwargs, dict):
+    raise evaluation.EvalError("--model_kwargs must be a JSON object.")
+  return kwargs
+
+
+def _prefixes(workdirs: list[str]) -> list[str]:
+  if len(workdirs) + len(_TORCH.value) <= 1:
+    return [""] * len(workdirs)
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(set(names)) < len(names):
+    names = [os.path.normpath(w) for w in workdirs]
+  return [f"{n}: " for n in names]
+
+
+def check_inputs() -> None:
+  """The cheap checks of the flags, before anything is loaded."""
+  if not _WORKDIR.value and not _TORCH.value:
+    raise evaluation.EvalError(
+        "nothing to evaluate: give --workdir=DIR[,DIR2,...] and/or "
+        "--torch_checkpoint=PATH.")
+  for path in _TORCH.value:
+    if not os.path.isfile(os.path.expanduser(path)):
+      raise evaluation.EvalError(
+          f"--torch_checkpoint {os.path.abspath(path)} does not exist.")
+  _model_kwargs()
+
+
+def load_models():
+  """Loads the rows and the test-data config."""
+  workdirs, torch_files = list(_WORKDIR.value), list(_TORCH.value)
+  kwargs = _model_kwargs() if torch_files else {}
+  models, data_cfg = [], None
+  for workdir, prefix in zip(workdirs, _prefixes(workdirs)):
+    config, rows = evaluation.load_run(workdir, prefix=prefix)
+    key = (config.data.name, int(config.data.get("image_size", 0) or 0))
+    if data_cfg is not None and key != (data_cfg.name,
+                                        int(data_cfg.get("image_size", 0) or 0)):
+      raise evaluation.EvalError(
+          f"{workdir} was trained on {key[0]} but {workdirs[0]} on "
+          f"{data_cfg.name}; evaluate them separately.")
+    data_cfg = data_cfg or config.data
+    models += rows
+  for path in torch_files:
+    models.append(evaluation.load_torch(path, _MODEL.value, **kwargs))
+  if data_cfg is None:
+    name = _DATASET.value or DATASET_OF_MODEL.get(_MODEL.value, "mnist")
+    data_cfg = {"name": name}
+  return models, data_cfg
+
+
+def out_dir() -> str:
+  if _OUT.value:
+    path = os.path.abspath(os.path.expanduser(_OUT.value))
+  elif _WORKDIR.value:
+    path = os.path.join(os.path.abspath(_WORKDIR.value[0]), "eval")
+  else:
+    path = os.path.join(os.path.dirname(os.path.abspath(_TORCH.value[0])),
+                        "eval")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise evaluation.EvalError(f"--out {path} is a file, not a folder.")
+  return path
+
+
+def run(config) -> None:
+  cfg = config.eval
+  evaluation.validate_settings(cfg)
+  check_inputs()
+  folder = out_dir()
+  models, data_cfg = load_models()
+  x, y, info = evaluation.load_test_data(data_cfg, int(cfg.num_examples))
+  report = evaluation.evaluate(models, x, y, cfg,
+                               figures_dir=os.path.join(folder, "figures"),
+                               data_info=info)
+  paths = evaluation.write_report(report, folder)
+  print(evaluation.summary_text(report), flush=True)
+  print(f"\nwrote {paths['md']}, robustness.csv, robustness.json, "
+        f"per_example.npz and {len(report.figures)} figure(s) in "
+        f"{os.path.join(folder, 'figures')}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; settings go in "
+         f"--config.eval.<field>=value.")
+  try:
+    config = _CONFIG.value
+    list(config.keys())  # a config file that failed to load raises here
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f"--config: {one_line(e)}")
+  from lfr_jax import training  # pylint: disable=g-import-not-at-top
+  training.quiet_library_logs()
+  try:
+    run(config)
+  except USER_ERRORS as e:
+    fail(one_line(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

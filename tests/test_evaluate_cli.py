@@ -1,0 +1,169 @@
+"""evaluate.py and sweep.py end to end: outputs, and one-line user errors."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
+
+SMOKE = "--config=configs/evaluate.py:smoke"
+
+
+def run_script(script, *args, timeout=300):
+  return subprocess.run([sys.executable, os.path.join(REPO, script), *args],
+                        cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  from configs import mnist_standard
+  from lfr_jax import training
+  workdir = str(tmp_path_factory.mktemp("runs") / "standard")
+  training.train_and_evaluate(mnist_standard.get_config("smoke"), workdir)
+  return workdir
+
+
+def test_evaluate_writes_the_report(smoke_run, tmp_path):
+  out = tmp_path / "eval"
+  proc = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
+                    "--config.eval.num_examples=20", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("robustness.md", "robustness.csv", "robustness.json",
+               "per_example.npz"):
+    assert (out / name).is_file(), name
+  figures = {os.path.basename(p) for p in glob.glob(str(out / "figures" / "*"))}
+  for stem in ("eps_sweep", "surface_random_decision_0",
+               "surface_adversarial_loss_0", "jacobian_maps",
+               "gamma_flatness", "gamma_linearity"):
+    assert {f"{stem}.png", f"{stem}.npz"} <= figures, stem
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith("| checkpoint | clean | PGD-2 | FGSM (LFR) |")
+  assert any(l.startswith("| final (step 8) |") for l in lines)
+  assert "not robust accuracies" in proc.stdout
+  checks = [l for l in lines if l.startswith(("PASS ", "WARN "))]
+  assert len(checks) >= 7
+  with open(out / "robustness.json") as f:
+    report = json.load(f)
+  assert report["data"]["examples"] == 20
+  assert report["rows"][0]["info"]["checkpoint"] == "final"
+  assert {"jax", "flax", "numpy", "python"} <= set(report["software"])
+
+
+def _garble(workdir):
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "state",
+                                     "**", "*"), recursive=True):
+    if os.path.isfile(path) and "metadata" not in os.path.basename(path).lower():
+      with open(path, "wb") as f:
+        f.write(b"\x00garbage" * 8)
+
+
+def _no_checkpoint(smoke_run, tmp_path):
+  workdir = tmp_path / "empty_run"
+  workdir.mkdir()
+  shutil.copy(os.path.join(smoke_run, "config.json"), workdir)
+  return [f"--workdir={workdir}"]
+
+
+def _corrupt(smoke_run, tmp_path):
+  workdir = str(tmp_path / "corrupt_run")
+  shutil.copytree(smoke_run, workdir)
+  shutil.rmtree(os.path.join(workdir, "best_checkpoint"))
+  _garble(workdir)
+  return [f"--workdir={workdir}"]
+
+
+BAD_INPUTS = {
+    "no_checkpoint": (_no_checkpoint, "no checkpoint in"),
+    "corrupt_checkpoint": (_corrupt, "cannot read the final checkpoint"),
+    "unknown_attack": (lambda run, tmp: [
+        f"--workdir={run}", "--config.eval.attacks=pgd,cw"],
+                       "unknown attack 'cw'"),
+    "eps_out_of_range": (lambda run, tmp: [
+        f"--workdir={run}", "--config.eval.eps=1.5"],
+                         "config.eval.eps must be a number in [0, 1]"),
+    "missing_torch_file": (lambda run, tmp: [
+        f"--torch_checkpoint={tmp}/nope.pt", "--model=small_cnn"],
+                           "nope.pt does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line(case, smoke_run, tmp_path):
+  make_args, message = BAD_INPUTS[case]
+  out = tmp_path / "out"
+  proc = run_script("evaluate.py", SMOKE, f"--out={out}",
+                    *make_args(smoke_run, tmp_path), timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("evaluate.py: error: ") and message in lines[0]
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()  # nothing written
+
+
+def test_sweep_rejects_bad_lambdas(tmp_path):
+  proc = run_script("sweep.py", "--config=configs/mnist_lfr.py:smoke",
+                    "--lams=0,-0.1", f"--workdir={tmp_path}/sweep",
+                    timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--lams: '-0.1' must be a finite number" in lines[0]
+  assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_torch_checkpoint_row(smoke_run, tmp_path):
+  torch = pytest.importorskip("torch")
+  from lfr_jax import evaluation, interop
+  _, models = evaluation.load_run(smoke_run)
+  net = models[0].params
+  path = tmp_path / "smallcnn.pt"
+  torch.save({k: torch.from_numpy(v.copy()) for k, v in
+              interop.export_torch_state_dict(net, "small_cnn").items()},
+             str(path))
+  proc = run_script("evaluate.py", f"--torch_checkpoint={path}",
+                    "--model=small_cnn", f"--workdir={smoke_run}", SMOKE,
+                    "--config.eval.attacks=pgd", "--config.eval.checks=False",
+                    "--config.eval.geometry=False", f"--out={tmp_path}/out")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [l for l in proc.stdout.splitlines() if l.startswith("| ")]
+  assert any(l.startswith("| smallcnn.pt |") for l in rows)
+  # The exported copy of the final checkpoint scores exactly the same.
+  final = next(l for l in rows if "final (step 8)" in l)
+  torch_row = next(l for l in rows if l.startswith("| smallcnn.pt |"))
+  assert final.split("|")[2:] == torch_row.split("|")[2:]
+
+
+@pytest.mark.slow
+def test_sweep_trains_evaluates_and_plots(tmp_path):
+  root = tmp_path / "sweep"
+  args = ["--config=configs/mnist_lfr.py:smoke", "--lams=0,0.02",
+          f"--workdir={root}", "--eval_config=configs/evaluate.py:smoke"]
+  proc = run_script("sweep.py", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("sweep.json", "sweep.md", "sweep.png", "lam_0", "lam_0.02",
+               "eval/robustness.json"):
+    assert (root / name).exists(), name
+  with open(root / "sweep.json") as f:
+    result = json.load(f)
+  assert result["lams"] == [0.0, 0.02]
+  assert [c["name"] for c in result["columns"]] == ["pgd", "apgd_ce"]
+  for run in result["runs"]:
+    assert run["status"] == "done"
+    assert 0.0 <= run["accuracy"]["pgd"] <= run["accuracy"]["clean"] <= 1.0
+  # Rerunning resumes: the runs are complete, nothing is retrained.
+  again = run_script("sweep.py", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "step 8" in again.stdout

@@ -1,0 +1,260 @@
+"""The robustness table, masking checks, reports and geometry of evaluation.py.
+
+The models are a softmax-linear MNIST classifier trained in about a second
+and the same classifier behind 8-bit input quantization, whose input gradient
+is exactly zero (a constructed case of gradient masking).
+"""
+
+import functools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lfr_jax import attacks
+from lfr_jax import config_check
+from lfr_jax import data
+from lfr_jax import evaluation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import evaluate as eval_configs  # noqa: E402
+
+MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
+needs_mnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
+
+
+def linear(params, x):
+  return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
+
+
+def quantized(params, x):
+  # round() has a zero derivative: every input gradient vanishes.
+  return linear(params, jnp.round(x * 255.0) / 255.0)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+  if not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
+    pytest.skip("MNIST IDX files not found (set LFR_DATA_DIR)")
+  x_train, y_train = data.load_mnist_idx("train")
+  x, y, info = evaluation.load_test_data({"name": "mnist"}, 64)
+  return x_train[:2000], y_train[:2000], x, y, info
+
+
+@pytest.fixture(scope="module")
+def params(mnist):
+  x_train, y_train = jnp.asarray(mnist[0]), jnp.asarray(mnist[1])
+
+  @jax.jit
+  def train(p):
+    def loss(p):
+      logp = jax.nn.log_softmax(linear(p, x_train))
+      return -jnp.mean(logp[jnp.arange(y_train.shape[0]), y_train])
+
+    def step(p, _):
+      g = jax.grad(loss)(p)
+      return jax.tree.map(lambda a, b: a - 0.5 * b, p, g), None
+
+    return jax.lax.scan(step, p, None, length=100)[0]
+
+  return train({"w": jnp.zeros((784, 10)), "b": jnp.zeros((10,))})
+
+
+def settings(**overrides):
+  cfg = eval_configs.get_config("smoke").eval
+  cfg.check_steps = 30          # DDN needs room to grow its norm budget
+  cfg.random_search_steps = 100
+  cfg.geometry = False
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def report(mnist, params):
+  _, _, x, y, info = mnist
+  models = [evaluation.Model("linear", linear, params),
+            evaluation.Model("quantized", quantized, params)]
+  return evaluation.evaluate(models, x, y, settings(), data_info=info)
+
+
+def _statuses(row):
+  return {c.name: c.status for c in row.checks}
+
+
+@needs_mnist
+def test_every_column_present_and_accuracies_bounded(report):
+  table = evaluation.main_table(report)
+  header = table.splitlines()[0]
+  for label in ("clean", "PGD-2", "FGSM (LFR)", "MI-FGSM (LFR)",
+                "DDN-3 success", "DDN-3 median L2", "DDN-3 acc@L2<=2",
+                "| FGSM |", "| MI-FGSM |", "APGD-CE", "APGD-T", "worst case"):
+    assert label in header, label
+  assert [a.name for a in report.columns] + ["worst"] == list(
+      evaluation.ATTACK_NAMES)
+  for row in report.rows:
+    assert row.acc("clean") > 0.8
+    m = evaluation.metrics(row, report)
+    for k, v in m.items():
+      if "median_l2" not in k:
+        assert 0.0 <= v <= 1.0, (k, v)
+    linf = [a.name for a in report.columns if a.threat == "linf"]
+    for name in linf + ["clean"]:
+      assert m["worst"] <= m[name]
+      # Per example: robust in the worst case implies robust to each attack.
+      v = row.clean if name == "clean" else row.robust[name]
+      assert not np.any(row.robust["worst"] & ~v)
+  linear_row = report.rows[0]
+  assert linear_row.acc("pgd") <= 0.05  # a linear model is not robust
+  assert "not robust accuracies" in evaluation.to_markdown(report)
+
+
+@needs_mnist
+def test_honest_model_passes_the_masking_checks(report):
+  row = report.rows[0]
+  assert len(row.checks) == len(evaluation.CHECK_NAMES)
+  assert _statuses(row) == {name: "PASS" for name in evaluation.CHECK_NAMES}
+  for line in evaluation.check_lines(report):
+    assert line.split(" ", 1)[0] in ("PASS", "WARN")
+    assert "%" in line or "->" in line  # each line names its numbers
+
+
+@needs_mnist
+def test_masked_model_triggers_warnings(report):
+  status = _statuses(report.rows[1])
+  assert status["gradient-free not stronger"] == "WARN"
+  assert status["~0% at large eps"] == "WARN"
+  assert status["attack loss rises"] == "WARN"
+  lines = [l for l in evaluation.check_lines(report)
+           if l.startswith("WARN [quantized] gradient-free")]
+  assert len(lines) == 1 and "gradients are masked" in lines[0]
+
+
+@needs_mnist
+def test_report_files_record_settings_versions_hardware(report, tmp_path):
+  paths = evaluation.write_report(report, tmp_path)
+  for key in ("md", "csv", "json", "npz"):
+    assert os.path.isfile(paths[key])
+  with open(paths["json"]) as f:
+    d = json.load(f)
+  assert set(evaluation.SETTINGS) <= set(d["settings"])
+  assert d["seed"] == 0 and d["data"]["examples"] == 64
+  assert {"python", "jax", "flax", "numpy"} <= set(d["software"])
+  assert {"platform", "device_kind", "device_count"} <= set(d["hardware"])
+  pgd = next(c for c in d["columns"] if c["name"] == "pgd")
+  assert pgd["settings"]["eps"] == 0.3 and pgd["settings"]["random_start"]
+  assert [r["label"] for r in d["rows"]] == ["linear", "quantized"]
+  assert {c["status"] for c in d["rows"][1]["checks"]} <= {"PASS", "WARN"}
+  csv_lines = open(paths["csv"]).read().splitlines()
+  assert csv_lines[0].startswith("checkpoint,clean,pgd,")
+  assert len(csv_lines) == 3
+  per_example = np.load(paths["npz"])
+  assert per_example["row0_worst"].shape == (64,)
+
+
+def test_paper_settings_of_the_columns():
+  cols = {a.name: a.settings() for a in evaluation.table_attacks(
+      eval_configs.get_config().eval)}
+  assert cols["pgd"] == {
+      "attack": "pgd", "num_steps": 40, "loss": "ce", "random_start": True,
+      "restarts": 1, "norm": "linf", "eps": 0.3, "step_size": 0.01}
+  assert (cols["fgsm_lfr"]["random_start"], cols["fgsm_lfr"]["step"],
+          cols["fgsm_lfr"]["start_eps"]) == (True, 0.3, 0.3)
+  assert cols["fgsm"]["random_start"] is False
+  assert (cols["mifgsm_lfr"]["decay"], cols["mifgsm_lfr"]["num_steps"],
+          cols["mifgsm_lfr"]["step_size"],
+          cols["mifgsm_lfr"]["random_start"]) == (0.1, 40, 0.01, False)
+  assert cols["mifgsm"]["decay"] == 1.0
+  assert cols["ddn_lfr"]["num_steps"] == 20
+  assert cols["apgd_ce"]["num_steps"] == 100
+  assert (cols["apgd_t"]["num_steps"], cols["apgd_t"]["num_targets"]) == (
+      100, 9)
+  assert evaluation.reduced_settings(
+      evaluation._plain(eval_configs.get_config().eval)) == []
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("attacks", "pgd,pgd_100", "unknown attack 'pgd_100'"),
+    ("eps", 1.5, "config.eval.eps must be a number in [0, 1]"),
+    ("eps_sweep", (0.1, -0.2), "eps_sweep values must lie in [0, 1]"),
+    ("large_eps", 2.0, "config.eval.large_eps"),
+    ("attacks", "worst", "worst needs at least one l_inf column"),
+])
+def test_invalid_settings_are_one_line_config_errors(field, value, message):
+  cfg = eval_configs.get_config().eval
+  cfg[field] = value
+  with pytest.raises(config_check.ConfigError, match=None) as e:
+    evaluation.validate_settings(cfg)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pgd_loss_trace_follows_attacks_pgd():
+  key = jax.random.key(0)
+  w = jax.random.normal(key, (784, 10)) * 0.1
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  y = jnp.arange(6)
+  out = evaluation.pgd_loss_trace(logits_fn, x, y, jax.random.key(2),
+                                  eps=0.3, step_size=0.05, num_steps=5)
+  ref = attacks.pgd(logits_fn, x, y, jax.random.key(2), eps=0.3,
+                    step_size=0.05, num_steps=5)
+  np.testing.assert_allclose(out["x_adv"], ref, atol=1e-6)
+  assert out["loss"].shape == (6, 6)
+  assert float(out["loss"][-1].mean()) > float(out["loss"][0].mean())
+
+
+def test_random_search_stays_in_the_ball_and_lowers_the_margin():
+  w = jax.random.normal(jax.random.key(0), (784, 10)) * 0.1
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+  y = jnp.argmax(logits_fn(x), axis=1)
+  run = jax.jit(functools.partial(evaluation.random_search, logits_fn,
+                                  num_steps=50))
+  out = run(x, y, jax.random.key(2), eps=0.1)
+  delta = out["x_adv"] - x
+  assert float(jnp.abs(delta).max()) <= 0.1 + 1e-6
+  assert float(out["x_adv"].min()) >= 0.0 and float(out["x_adv"].max()) <= 1.0
+  start = evaluation.random_search(logits_fn, x, y, jax.random.key(2),
+                                   eps=0.1, num_steps=0)["decision"]
+  assert bool(jnp.all(out["decision"] <= start))
+
+
+def test_noise_tolerance_and_ddn_summary():
+  assert evaluation.noise_tolerance(0.5, 100) == pytest.approx(0.11)
+  assert evaluation.noise_tolerance(0.0, 10) == pytest.approx(0.1)
+  norms = np.array([0.5, 1.5, np.inf, 3.0, 0.0])
+  clean = np.array([True, True, True, True, False])
+  s = evaluation.ddn_summary(norms, clean, 2.0)
+  assert s["success"] == 0.75 and s["median_l2"] == pytest.approx(2.25)
+  assert s["acc_at_budget"] == pytest.approx(2 / 5)
+
+
+@needs_mnist
+def test_geometry_figures_and_numbers(mnist, params, tmp_path):
+  _, _, x, y, info = mnist
+  models = [evaluation.Model("linear", linear, params),
+            evaluation.Model("quantized", quantized, params)]
+  cfg = settings(attacks="pgd", checks=False, geometry=True,
+                 surface_resolution=5)
+  report = evaluation.evaluate(models, x[:16], y[:16], cfg,
+                               figures_dir=tmp_path, data_info=info)
+  names = sorted(os.listdir(tmp_path))
+  for stem in ("eps_sweep", "surface_random_decision_0",
+               "surface_adversarial_loss_0", "jacobian_maps",
+               "gamma_flatness", "gamma_linearity"):
+    assert f"{stem}.png" in names and f"{stem}.npz" in names, stem
+  grid = np.load(tmp_path / "surface_adversarial_decision_0.npz")
+  assert grid["Z_0"].shape == (5, 5) and list(grid["labels"]) == [
+      "linear", "quantized"]
+  g = report.rows[0].geometry
+  # A linear model: constant Jacobian, zero Hessian.
+  assert g["jacobian_l1_mean"] > 0 and g["hessian_top_abs_mean"] == 0.0
+  assert "## Geometry" in evaluation.to_markdown(report)
