@@ -28,10 +28,8 @@ exits with status 2 and one line on stderr, before anything is written.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import sys
 
 import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
@@ -39,6 +37,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
@@ -48,53 +47,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 # Dataset of a PyTorch checkpoint evaluated without a workdir, by model.
 DATASET_OF_MODEL = {"small_cnn": "mnist", "wide_resnet": "cifar10"}
 
+PROG = "evaluate.py"
 # Errors that are the user's to fix: reported in one line, no traceback.
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
-
-
-def _unquote(text: str) -> str:
-  for _ in range(3):
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-      try:
-        text = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        break
-  return text
-
-
-def one_line(error: BaseException) -> str:
-  """The informative line of an error message, without exception prefixes."""
-  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
-           if l.strip()]
-  line = lines[-1] if lines else type(error).__name__
-  return re.sub(r"^(\w+(Error|Exception): )+", "", line)
-
-
-def _unknown_field(error: BaseException, argv: list[str]) -> str:
-  """``--config.a.b: no such config field. ...`` for a misspelled key."""
-  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
-           if l.strip()]
-  key = _unquote(lines[0]) if lines else ""
-  hint = " ".join(lines[1:])
-  flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-               and key in a.split("=")[0].split(".")), f"--config.*.{key}")
-  return f"{flag}: no such config field." + (f" {hint}" if hint else "")
-
-
-def fail(message: str) -> None:
-  """Prints ``evaluate.py: error: message`` on stderr and exits with 2."""
-  print(f"evaluate.py: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parser, with every parse error turned into one line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    fail(_unknown_field(e, argv))
-  except Exception as e:  # pylint: disable=broad-except
-    fail(one_line(e))
 
 
 # With a default file, config_flags applies --config.* overrides while the
@@ -104,10 +59,8 @@ try:
       "config", DEFAULT_CONFIG, "Evaluation settings (configs/evaluate.py, "
       "optionally :quick or :smoke); override with --config.eval.<field>=value.",
       lock_config=True)
-except (AttributeError, KeyError) as e:
-  fail(_unknown_field(e, sys.argv))
 except Exception as e:  # pylint: disable=broad-except
-  fail(one_line(e))
+  cli.report(PROG, e, sys.argv)
 
 _WORKDIR = flags.DEFINE_list(
     "workdir", [], "Training workdir(s), comma-separated.")
@@ -213,20 +166,20 @@ def run(config) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}; settings go in "
+    cli.fail(PROG, f"unexpected arguments {argv[1:]}; settings go in "
          f"--config.eval.<field>=value.")
   try:
     config = _CONFIG.value
     list(config.keys())  # a config file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
-    fail(f"--config: {one_line(e)}")
+    cli.fail(PROG, f"--config: {cli.one_line(e)}")
   from lfr_jax import training  # pylint: disable=g-import-not-at-top
   training.quiet_library_logs()
   try:
     run(config)
   except USER_ERRORS as e:
-    fail(one_line(e))
+    cli.fail(PROG, cli.one_line(e))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.flags_parser(PROG))

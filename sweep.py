@@ -21,10 +21,8 @@ stderr, before any training starts.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import sys
 
 import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
@@ -34,58 +32,15 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
 
 DEFAULT_EVAL_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                    "configs", "evaluate.py")
+PROG = "sweep.py"
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
-
-
-def _unquote(text: str) -> str:
-  for _ in range(3):
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-      try:
-        text = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        break
-  return text
-
-
-def one_line(error: BaseException) -> str:
-  """The informative line of an error message, without exception prefixes."""
-  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
-           if l.strip()]
-  line = lines[-1] if lines else type(error).__name__
-  return re.sub(r"^(\w+(Error|Exception): )+", "", line)
-
-
-def _unknown_field(error: BaseException, argv: list[str]) -> str:
-  lines = [l.strip() for l in _unquote(str(error).strip()).splitlines()
-           if l.strip()]
-  key = _unquote(lines[0]) if lines else ""
-  hint = " ".join(lines[1:])
-  flag = next((a.split("=")[0] for a in argv if a.startswith("--")
-               and "config." in a and key in a.split("=")[0].split(".")),
-              f"--config.*.{key}")
-  return f"{flag}: no such config field." + (f" {hint}" if hint else "")
-
-
-def fail(message: str) -> None:
-  """Prints ``sweep.py: error: message`` on stderr and exits with 2."""
-  print(f"sweep.py: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parser, with every parse error turned into one line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    fail(_unknown_field(e, argv))
-  except Exception as e:  # pylint: disable=broad-except
-    fail(one_line(e))
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -97,10 +52,8 @@ try:
       "eval_config", DEFAULT_EVAL_CONFIG, "Evaluation settings "
       "(configs/evaluate.py); override with --eval_config.eval.<field>=value.",
       lock_config=True)
-except (AttributeError, KeyError) as e:
-  fail(_unknown_field(e, sys.argv))
 except Exception as e:  # pylint: disable=broad-except
-  fail(one_line(e))
+  cli.report(PROG, e, sys.argv)
 
 _LAMS = flags.DEFINE_list("lams", None, "Regularization weights, e.g. "
                           "0,0.01,0.02,0.05.")
@@ -276,21 +229,21 @@ def _config_name() -> str:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}; settings go in "
+    cli.fail(PROG, f"unexpected arguments {argv[1:]}; settings go in "
          f"--config.<field>=value.")
   try:
     config, eval_config = _CONFIG.value, _EVAL_CONFIG.value
     list(config.keys())
     list(eval_config.keys())
   except Exception as e:  # pylint: disable=broad-except
-    fail(f"--config: {one_line(e)}")
+    cli.fail(PROG, f"--config: {cli.one_line(e)}")
   from lfr_jax import training  # pylint: disable=g-import-not-at-top
   training.quiet_library_logs()
   try:
     run(config, eval_config)
   except USER_ERRORS as e:
-    fail(one_line(e))
+    cli.fail(PROG, cli.one_line(e))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.flags_parser(PROG))

@@ -230,6 +230,11 @@ def _quick(c: ml_collections.ConfigDict) -> None:
   _scale_epochs(c, 2.0)
   _inner_steps(c, min(c.inner.num_steps, 10))
   _eval_steps(c, 20, (500, 1000), 250)
+  if c.data.name == "mnist" and c.optim.name == "sgd":
+    # 156 steps at the paper's lr 0.01 leave SmallCNN at ~90% clean and
+    # LFR at ~3% PGD-20; at 0.05 the same minutes reach ~94% / ~19%
+    # (measured, see README). The full protocol keeps the paper's lr.
+    c.optim.lr = 5 * c.optim.lr
   c.log.every_steps = 20
   c.checkpoint.every_steps = 0
   if c.data.name == "cifar10":
