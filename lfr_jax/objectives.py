@@ -98,11 +98,21 @@ def _metrics(views, y, loss, ce, reg):
   return {"loss": loss, "ce": ce, "reg": reg, "acc": acc}
 
 
+def _clean_ce(views, y):
+  return losses.cross_entropy(views.clean_logits, y).mean()
+
+
+def _penalized(views, y, weight, penalty, *, nominal_weight=1.0, extra=0.0):
+  """nominal_weight * CE(x) + weight * mean(penalty) + extra, with metrics."""
+  ce = _clean_ce(views, y)
+  loss = nominal_weight * ce + weight * penalty.mean() + extra
+  return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
+
+
 def _standard(net, x, y, key, eps, *, unroll):
   del eps, unroll
   views = _Views(net, x, key)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  return ce, (_metrics(views, y, ce, ce, jnp.zeros_like(ce)), views.new_state)
+  return _penalized(views, y, 0.0, jnp.zeros(()))
 
 
 def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll):
@@ -111,9 +121,8 @@ def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll):
                       step_size=step_size, num_steps=num_steps,
                       random_start=True, unroll=unroll)
   adv_ce = losses.cross_entropy(views.outer(x_adv), y).mean()
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  return adv_ce, (_metrics(views, y, adv_ce, lax.stop_gradient(ce), adv_ce),
-                  views.new_state)
+  ce = lax.stop_gradient(_clean_ce(views, y))
+  return adv_ce, (_metrics(views, y, adv_ce, ce, adv_ce), views.new_state)
 
 
 def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll):
@@ -121,9 +130,7 @@ def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll):
   kl, _ = regularizers.trades_kl(views.outer, x, views.k_inner, eps=eps,
                                  step_size=step_size, num_steps=num_steps,
                                  unroll=unroll, inner_logits_fn=views.inner)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  loss = ce + beta * kl.mean()
-  return loss, (_metrics(views, y, loss, ce, kl.mean()), views.new_state)
+  return _penalized(views, y, beta, kl)
 
 
 def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
@@ -132,9 +139,8 @@ def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
   gamma, first_order = regularizers.local_linearity(
       views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
       num_steps=num_steps, unroll=unroll, inner_logits_fn=views.inner)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  loss = nominal_weight * ce + lam * gamma.mean() + mu * first_order.mean()
-  return loss, (_metrics(views, y, loss, ce, gamma.mean()), views.new_state)
+  return _penalized(views, y, lam, gamma, nominal_weight=nominal_weight,
+                    extra=mu * first_order.mean())
 
 
 def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, unroll):
@@ -143,27 +149,21 @@ def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, unroll):
       views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
       num_steps=num_steps, norm=norm, unroll=unroll,
       inner_logits_fn=views.inner)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  loss = ce + lam * flatness.mean()
-  return loss, (_metrics(views, y, loss, ce, flatness.mean()), views.new_state)
+  return _penalized(views, y, lam, flatness)
 
 
 def _gradient_norm(net, x, y, key, eps, *, lam, norm, unroll):
   del eps, unroll
   views = _Views(net, x, key)
-  penalty = regularizers.input_gradient_norm(views.outer, x, y, norm=norm)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  loss = ce + lam * penalty.mean()
-  return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
+  return _penalized(views, y, lam, regularizers.input_gradient_norm(
+      views.outer, x, y, norm=norm))
 
 
 def _decision_jacobian(net, x, y, key, eps, *, c, norm, unroll):
   del eps, unroll
   views = _Views(net, x, key)
-  penalty = regularizers.decision_jacobian_norm(views.outer, x, y, norm=norm)
-  ce = losses.cross_entropy(views.clean_logits, y).mean()
-  loss = ce + c * penalty.mean()
-  return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
+  return _penalized(views, y, c, regularizers.decision_jacobian_norm(
+      views.outer, x, y, norm=norm))
 
 
 _BUILDERS = {
