@@ -99,6 +99,19 @@ def input_gradients(logits_fn: LogitsFn, x: jax.Array, y: jax.Array
   return jax.grad(lambda z: losses.cross_entropy(logits_fn(z), y).sum())(x)
 
 
+def _fori(num_steps: int, body, init, unroll: bool):
+  """``lax.fori_loop`` that is really unrolled when asked, even for one step.
+
+  jax turns ``unroll=True`` into an unroll factor equal to the trip count, so
+  a one-step loop stays a ``while`` loop, which on CPU is the slow case the
+  unrolling is meant to avoid; a single step is applied directly instead.
+  """
+  if unroll and num_steps == 1:
+    return body(0, init)
+  return lax.fori_loop(0, num_steps, body, init,
+                       unroll=bool(unroll) and num_steps > 0)
+
+
 def _check_common(x, y, norm):
   _validate.batch(x, y)
   _validate.choice("norm", norm, NORMS)
@@ -168,8 +181,7 @@ def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     ascent = jax.grad(total_norm)(x_adv)
     return project_linf(x_adv + step_size * jnp.sign(ascent), x, eps)
 
-  x_worst = lax.fori_loop(0, num_steps, step, start,
-                          unroll=bool(unroll) and num_steps > 0)
+  x_worst = _fori(num_steps, step, start, unroll)
   return lax.stop_gradient(x_worst)
 
 
@@ -274,8 +286,7 @@ def linearity_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     updates, opt_state = adam.update(grad, opt_state, delta)
     return project(delta + updates), opt_state
 
-  delta, _ = lax.fori_loop(0, num_steps, step, (delta0, adam.init(delta0)),
-                           unroll=bool(unroll) and num_steps > 0)
+  delta, _ = _fori(num_steps, step, (delta0, adam.init(delta0)), unroll)
   return lax.stop_gradient(delta)
 
 
@@ -367,8 +378,7 @@ def trades_ascent(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
     return project_linf(x_adv + step_size * jnp.sign(jax.grad(total_kl)(x_adv)),
                         x, eps)
 
-  x_adv = lax.fori_loop(0, num_steps, step, start,
-                        unroll=bool(unroll) and num_steps > 0)
+  x_adv = _fori(num_steps, step, start, unroll)
   return lax.stop_gradient(x_adv)
 
 

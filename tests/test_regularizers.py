@@ -143,13 +143,14 @@ def test_inner_maximization_increases_gradient_norm():
   assert jnp.all((x_worst >= 0) & (x_worst <= 1))
 
 
-def test_rolled_and_unrolled_loops_agree():
+@pytest.mark.parametrize("num_steps", [1, 4])
+def test_rolled_and_unrolled_loops_agree(num_steps):
   params = tiny_conv_params(jax.random.key(0))
   x, y = batch(jax.random.key(1))
   logits_fn = functools.partial(tiny_conv_logits, params)
   run = functools.partial(regularizers.local_flatness, logits_fn, x, y,
                           jax.random.key(2), eps=0.3, step_size=0.02,
-                          num_steps=4)
+                          num_steps=num_steps)
   np.testing.assert_allclose(run(unroll=True)[0], run(unroll=False)[0],
                              rtol=1e-5)
 
