@@ -1,6 +1,7 @@
 """Every module's docstring example runs as written (docs match the code)."""
 
 import importlib
+import os
 import pkgutil
 import re
 import textwrap
@@ -30,3 +31,11 @@ def test_module_docstring_example_runs(name):
   assert match, f"{name}'s docstring has no 'Example::' block"
   code = textwrap.dedent(match.group(1))
   exec(compile(code, f"<{name} docstring>", "exec"), {})
+
+
+def test_readme_python_examples_run():
+  readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+  blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+  assert blocks, "README has no python example"
+  for code in blocks:
+    exec(compile(code, "<README.md>", "exec"), {})
