@@ -1544,7 +1544,7 @@ def check_lines(report: Report) -> list[str]:
 def geometry_table(report: Report) -> str:
   keys = [("jacobian_l1_mean", "Jacobian l1 (mean)", "{:.4g}"),
           ("jacobian_sparsity", "Jacobian sparsity", "{:.3f}"),
-          ("hessian_top_abs_mean", "Hessian |top eig| (mean)", "{:.4g}"),
+          ("hessian_top_abs_mean", "Hessian max abs eigenvalue (mean)", "{:.4g}"),
           ("hessian_ritz_l1_mean", "Hessian Ritz l1 (mean)", "{:.4g}"),
           ("hessian_l1_estimate_mean", "Hessian l1 SLQ estimate", "{:.4g}"),
           ("hessian_zero_share", "Hessian zero share", "{:.3f}"),
