@@ -35,7 +35,6 @@ import sys
 import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from lfr_jax import cli
 from lfr_jax import config_check
@@ -52,15 +51,9 @@ PROG = "evaluate.py"
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
 
 
-# With a default file, config_flags applies --config.* overrides while the
-# flag is defined, so a misspelled field or bad value raises here.
-try:
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", DEFAULT_CONFIG, "Evaluation settings (configs/evaluate.py, "
-      "optionally :quick or :smoke); override with --config.eval.<field>=value.",
-      lock_config=True)
-except Exception as e:  # pylint: disable=broad-except
-  cli.report(PROG, e, sys.argv)
+_CONFIG = cli.define_config_file(
+    PROG, "config", DEFAULT_CONFIG, "Evaluation settings (configs/evaluate.py, "
+    "optionally :quick or :smoke); override with --config.eval.<field>=value.")
 
 _WORKDIR = flags.DEFINE_list(
     "workdir", [], "Training workdir(s), comma-separated.")

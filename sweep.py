@@ -46,14 +46,9 @@ USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training preset, e.g. configs/mnist_lfr.py:quick; "
     "override with --config.a.b=value.", lock_config=True)
-# A default file makes config_flags apply overrides while defining the flag.
-try:
-  _EVAL_CONFIG = config_flags.DEFINE_config_file(
-      "eval_config", DEFAULT_EVAL_CONFIG, "Evaluation settings "
-      "(configs/evaluate.py); override with --eval_config.eval.<field>=value.",
-      lock_config=True)
-except Exception as e:  # pylint: disable=broad-except
-  cli.report(PROG, e, sys.argv)
+_EVAL_CONFIG = cli.define_config_file(
+    PROG, "eval_config", DEFAULT_EVAL_CONFIG, "Evaluation settings "
+    "(configs/evaluate.py); override with --eval_config.eval.<field>=value.")
 
 _LAMS = flags.DEFINE_list("lams", None, "Regularization weights, e.g. "
                           "0,0.01,0.02,0.05.")

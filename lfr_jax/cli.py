@@ -84,6 +84,30 @@ def report(prog: str, error: BaseException, argv: list[str]) -> NoReturn:
   fail(prog, one_line(error))
 
 
+def define_config_file(prog: str, name: str, default: str, help_text: str):
+  """``config_flags.DEFINE_config_file`` with a default file, errors as one line.
+
+  With a default file, config_flags applies ``--name.*`` overrides while the
+  flag is being defined, so a misspelled field or bad value raises here rather
+  than during flag parsing.
+
+  Args:
+    prog: program name for the message.
+    name: flag name.
+    default: path of the default config file.
+    help_text: flag help.
+
+  Returns:
+    The flag holder.
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_text,
+                                           lock_config=True)
+  except Exception as e:  # pylint: disable=broad-except
+    report(prog, e, sys.argv)
+
+
 def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   """An absl ``flags_parser`` that turns every parse error into one line.
 

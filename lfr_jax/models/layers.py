@@ -227,6 +227,11 @@ class BatchNorm(nnx.Module):
     return y * self.scale[...] + self.bias[...]
 
 
+def channel_stats(values) -> tuple[float, ...] | None:
+  """Per-channel input mean/std as a hashable tuple (static module data), or None."""
+  return None if values is None else tuple(float(v) for v in values)
+
+
 ACTIVATIONS = {"relu": jax.nn.relu, "softplus": jax.nn.softplus}
 
 

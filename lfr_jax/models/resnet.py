@@ -118,8 +118,8 @@ class ResNet(nnx.Module):
         prev = planes * Bottleneck.expansion
     self.fc = layers.linear(prev, num_classes, rngs=rngs)
     self.act = act
-    self.input_mean = None if mean is None else tuple(float(m) for m in mean)
-    self.input_std = None if std is None else tuple(float(s) for s in std)
+    self.input_mean = layers.channel_stats(mean)
+    self.input_std = layers.channel_stats(std)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                bn_mode: str = "running",
