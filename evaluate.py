@@ -68,6 +68,10 @@ _MODEL_KWARGS = flags.DEFINE_string(
 _DATASET = flags.DEFINE_string(
     "dataset", "", "Test data of PyTorch checkpoints given without a workdir "
     "(default: mnist for small_cnn, cifar10 for wide_resnet).")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", "both", ["both", "final", "best"], "Which checkpoint of "
+    "each workdir to evaluate: the final one, the best one (by validation PGD "
+    "accuracy), or both when they differ.")
 _OUT = flags.DEFINE_string(
     "out", None, "Output folder (default: <first workdir>/eval).")
 
@@ -104,6 +108,24 @@ def check_inputs() -> None:
   _model_kwargs()
 
 
+def select_checkpoints(rows: list, which: str) -> list:
+  """The rows of one workdir that ``--checkpoint`` asks for.
+
+  Args:
+    rows: ``evaluation.load_run`` models, each with ``info["checkpoint"]`` in
+      "final", "best" or "final = best".
+    which: "both", "final" or "best". "best" falls back to the final
+      checkpoint of a run that kept no best one.
+
+  Returns:
+    The selected rows, in order.
+  """
+  if which == "both":
+    return rows
+  picked = [r for r in rows if which in r.info.get("checkpoint", "")]
+  return picked or rows[:1]
+
+
 def load_models():
   """Loads the rows and the test-data config."""
   workdirs, torch_files = list(_WORKDIR.value), list(_TORCH.value)
@@ -111,6 +133,7 @@ def load_models():
   models, data_cfg = [], None
   for workdir, prefix in zip(workdirs, _prefixes(workdirs)):
     config, rows = evaluation.load_run(workdir, prefix=prefix)
+    rows = select_checkpoints(rows, _CHECKPOINT.value)
     key = (config.data.name, int(config.data.get("image_size", 0) or 0))
     if data_cfg is not None and key != (data_cfg.name,
                                         int(data_cfg.get("image_size", 0) or 0)):

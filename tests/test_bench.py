@@ -33,6 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 
+import breakdown  # noqa: E402
 import hvp_modes  # noqa: E402
 import scaling  # noqa: E402
 import torch_step  # noqa: E402
@@ -56,6 +57,8 @@ SMOKE = {
     "torch_step": (["--methods=lfr", "--ks=1", "--repeats=1", "--warmup=0",
                     "--batch=8", "--threads=1"] if HAS_TORCH else None),
     "hvp_modes": ["--batch=4", "--repeats=1", "--rounds=1"],
+    "breakdown": (["--batch=8", "--repeats=1", "--ks=1,2", "--gemm=64",
+                   "--threads=1"] if HAS_TORCH else None),
     # The K and batch sweeps run scaling.measure, tested in-process below.
     "scaling": ["--sweeps=sharded", "--sharded_batch=8", "--sharded_k=1",
                 "--devices=2", "--repeats=1", "--warmup=0"],
@@ -215,6 +218,19 @@ def test_hvp_modes_agree():
 # Scaling helpers and the scripts end to end
 
 
+@pytest.mark.parametrize("name", ["input gradient", "H sign(g) (LFR inner)"])
+def test_breakdown_components_compute_the_same_vectors(name):
+  """The profile compares like with like: both frameworks' components agree."""
+  torch, net, model, x, y, x_t, y_t = _pair(dropout=0.0)
+  fn, args = breakdown.jax_components(net, jnp.asarray(x), jnp.asarray(y))[name]
+  ours = np.asarray(fn(*args))
+  theirs = breakdown.torch_components(model, x_t, y_t)[name]()
+  # PyTorch's CE is a batch mean, ours a per-example sum: a factor of N.
+  theirs = theirs.detach().permute(0, 2, 3, 1).numpy() * x.shape[0]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-3,
+                             atol=1e-4 * np.abs(ours).max())
+
+
 def test_scaling_measure_in_process():
   result = scaling.measure(1, 4, repeats=1, warmup=0)
   assert result["times"][0] > 0
@@ -229,6 +245,8 @@ def test_script_runs_with_tiny_flags(smoke_runs, name):
   assert "AMD" in out or "Intel" in out or "cores visible" in out
   if name == "hvp_modes":
     assert "The variants agree" in out
+  if name == "breakdown":
+    assert "Per inner step" in out and "input transpose" in out
   if name == "scaling":
     assert "overhead ratio" in out and "differ by" in out
   if name == "apgd_torchattacks":

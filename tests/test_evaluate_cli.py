@@ -167,3 +167,28 @@ def test_sweep_trains_evaluates_and_plots(tmp_path):
   again = run_script("sweep.py", *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "step 8" in again.stdout
+
+
+def test_checkpoint_flag_selects_rows():
+  import types
+  import evaluate
+  rows = [types.SimpleNamespace(info={"checkpoint": "final"}),
+          types.SimpleNamespace(info={"checkpoint": "best"})]
+  assert evaluate.select_checkpoints(rows, "both") == rows
+  assert evaluate.select_checkpoints(rows, "final") == rows[:1]
+  assert evaluate.select_checkpoints(rows, "best") == rows[1:]
+  same = [types.SimpleNamespace(info={"checkpoint": "final = best"})]
+  assert evaluate.select_checkpoints(same, "best") == same
+  assert evaluate.select_checkpoints(same, "final") == same
+
+
+def test_evaluate_final_checkpoint_only(smoke_run, tmp_path):
+  out = tmp_path / "eval_final"
+  proc = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
+                    "--config.eval.num_examples=8", "--checkpoint=final",
+                    "--config.eval.attacks=pgd", "--config.eval.checks=False",
+                    "--config.eval.geometry=False", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.load(open(out / "robustness.json"))
+  assert len(report["rows"]) == 1
+  assert report["rows"][0]["info"]["checkpoint"] in ("final", "final = best")

@@ -1,0 +1,537 @@
+"""The LFR paper's Table 1 and figures at a reduced, equal-for-all protocol.
+
+One command trains every row with its preset's ``:repro`` variant (see
+``configs/common.py``: the same epochs, K, inner step and seeds for every
+method), evaluates each final checkpoint with ``evaluate.py`` (the paper's
+four attacks at the authors' settings, APGD-CE, APGD-T, the per-example worst
+case, the gradient-masking checks), runs the lambda sweep with ``sweep.py``,
+copies the small results (JSON, Markdown, chosen figures) into
+``docs/results/`` and writes ``docs/RESULTS.md`` from them::
+
+    LFR_DATA_DIR=../shared/data/mnist python reproduce.py --workdir=runs/repro
+    python reproduce.py --stages=report      # RESULTS.md from docs/results/
+    python reproduce.py --rows=lfr_s0,trades_s0 --stages=train,eval
+
+Every stage skips what is already done (a finished training summary, an
+existing evaluation), and training resumes from its checkpoints, so an
+interrupted run continues where it stopped. Each step is a subprocess running
+the command that RESULTS.md prints, so every number can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(REPO, "docs", "results")
+RESULTS_MD = os.path.join(REPO, "docs", "RESULTS.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One trained model of the table."""
+  name: str        # workdir name under --workdir
+  preset: str      # configs/<preset>.py
+  label: str       # row label in RESULTS.md
+  paper: str = ""  # the paper's Table 1 row it corresponds to
+  seed: int = 0
+
+
+ROWS = (
+    Row("standard_s0", "mnist_standard", "Standard", "Standard"),
+    Row("at_s0", "mnist_at", "AT (PGD-AT)", "AT"),
+    Row("trades_s0", "mnist_trades", "TRADES (β=1)", "TRADES"),
+    Row("trades_s1", "mnist_trades", "TRADES (β=1)", "TRADES", seed=1),
+    Row("llr_s0", "mnist_llr", "LLR (λ=4, μ=3)", "LLR"),
+    Row("lfr_s0", "mnist_lfr", "LFR (λ=0.02)", "LFR"),
+    Row("lfr_s1", "mnist_lfr", "LFR (λ=0.02)", "LFR", seed=1),
+    Row("gradient_norm_s0", "mnist_gradient_norm",
+        "Gradient-norm penalty (LFR at ε=0)"),
+    Row("decision_jacobian_s0", "mnist_decision_jacobian",
+        "Decision-Jacobian penalty (c=500)"),
+)
+ROW_NAMES = tuple(r.name for r in ROWS)
+# Rows drawn side by side in the figures (surfaces, gamma histograms).
+GEOMETRY_ROWS = ("standard_s0", "lfr_s0")
+SWEEP_LAMS = ("0.005", "0.02", "0.08")
+STAGES = ("train", "eval", "sweep", "collect", "report")
+
+# LFR paper, Table 1 (MNIST, eps 0.3), accuracy in %.
+PAPER = {
+    "Standard": {"clean": 99.30, "fgsm_lfr": 33.69, "pgd": 2.04,
+                 "mifgsm_lfr": 2.55, "ddn": 14.16},
+    "AT": {"clean": 99.52, "fgsm_lfr": 97.26, "pgd": 95.37,
+           "mifgsm_lfr": 94.17, "ddn": 94.05},
+    "TRADES": {"clean": 99.49, "fgsm_lfr": 97.54, "pgd": 95.71,
+               "mifgsm_lfr": 94.79, "ddn": 95.91},
+    "LLR": {"clean": 99.62, "fgsm_lfr": 97.94, "pgd": 95.63,
+            "mifgsm_lfr": 94.60, "ddn": 93.95},
+    "LFR": {"clean": 99.47, "fgsm_lfr": 98.14, "pgd": 96.82,
+            "mifgsm_lfr": 96.01, "ddn": 96.89},
+}
+
+FLAGS = flags.FLAGS
+PROG = "reproduce.py"
+
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a script, so tests can import)."""
+  flags.DEFINE_string("workdir", "runs/repro", "Root of the runs.")
+  flags.DEFINE_list("stages", list(STAGES), f"Stages, from {STAGES}.")
+  flags.DEFINE_list("rows", list(ROW_NAMES), f"Rows, from {ROW_NAMES}.")
+  flags.DEFINE_integer("eval_examples", 500, "First N MNIST test images "
+                       "evaluated (0 = all 10,000).")
+  flags.DEFINE_integer("check_examples", 200, "Examples of the "
+                       "gradient-masking checks.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+
+
+def train_command(row: Row, root: str) -> list[str]:
+  """The train.py command of ``row``."""
+  return [sys.executable, "train.py", f"--config=configs/{row.preset}.py:repro",
+          f"--workdir={os.path.join(root, row.name)}",
+          f"--config.seed={row.seed}", "--config.log.progress=False"]
+
+
+def eval_command(row: Row, root: str, examples: int, check_examples: int
+                 ) -> list[str]:
+  """The evaluate.py command of ``row`` (its final checkpoint)."""
+  return [sys.executable, "evaluate.py",
+          f"--workdir={os.path.join(root, row.name)}", "--checkpoint=final",
+          f"--out={os.path.join(root, 'eval', row.name)}",
+          f"--config.eval.num_examples={examples}",
+          f"--config.eval.check_examples={check_examples}",
+          "--config.eval.geometry=False", "--config.eval.progress=False"]
+
+
+def figures_command(root: str, examples: int) -> list[str]:
+  """evaluate.py on Standard and LFR together: side-by-side figures.
+
+  Decision and loss surfaces (Figs. 1 and 2), gamma histograms and the eps
+  sweep are drawn with one panel per model of the same call.
+  """
+  return [sys.executable, "evaluate.py",
+          "--workdir=" + ",".join(os.path.join(root, r) for r in GEOMETRY_ROWS),
+          "--checkpoint=final", f"--out={os.path.join(root, 'eval', 'figures')}",
+          f"--config.eval.num_examples={examples}",
+          "--config.eval.attacks=pgd", "--config.eval.checks=False",
+          "--config.eval.progress=False"]
+
+
+def sweep_command(root: str, examples: int) -> list[str]:
+  """The sweep.py command of the lambda sweep (Fig. 3)."""
+  return [sys.executable, "sweep.py", "--config=configs/mnist_lfr.py:repro",
+          "--config.log.progress=False", f"--lams={','.join(SWEEP_LAMS)}",
+          f"--workdir={os.path.join(root, 'sweep')}",
+          f"--eval_config.eval.num_examples={examples}",
+          "--eval_config.eval.progress=False"]
+
+
+def shown(command: list[str]) -> str:
+  """The command as a user types it."""
+  return " ".join(["python"] + command[1:])
+
+
+def _run(command: list[str], log_path: str) -> float:
+  """Runs ``command`` in the repo, its output to ``log_path``; returns seconds.
+
+  Raises:
+    SystemExit: the command failed (the log's tail is printed).
+  """
+  print(f"$ {shown(command)}", flush=True)
+  if FLAGS.dry_run:
+    return 0.0
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  start = time.time()
+  with open(log_path, "a") as log:
+    proc = subprocess.run(command, cwd=REPO, stdout=log,
+                          stderr=subprocess.STDOUT)
+  seconds = time.time() - start
+  if proc.returncode != 0:
+    with open(log_path) as log:
+      tail = log.read()[-2000:]
+    raise SystemExit(f"reproduce.py: {shown(command)} failed "
+                     f"(exit {proc.returncode}); see {log_path}:\n{tail}")
+  return seconds
+
+
+def _load(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def train_done(root: str, row: Row) -> bool:
+  path = os.path.join(root, row.name, "summary.json")
+  return os.path.isfile(path) and _load(path).get("completed", False)
+
+
+def stage_train(root: str, rows: list[Row]) -> None:
+  for row in rows:
+    if not train_done(root, row):
+      _run(train_command(row, root), os.path.join(root, f"{row.name}.log"))
+
+
+def stage_eval(root: str, rows: list[Row]) -> None:
+  for row in rows:
+    out = os.path.join(root, "eval", row.name)
+    if os.path.isfile(os.path.join(out, "robustness.json")):
+      continue
+    command = eval_command(row, root, FLAGS.eval_examples,
+                           FLAGS.check_examples)
+    seconds = _run(command, os.path.join(root, "eval", f"{row.name}.log"))
+    if not FLAGS.dry_run:
+      with open(os.path.join(out, "command.json"), "w") as f:
+        json.dump({"command": shown(command), "seconds": seconds}, f)
+  figures = os.path.join(root, "eval", "figures")
+  if (all(r in [row.name for row in rows] for r in GEOMETRY_ROWS)
+      and not os.path.isfile(os.path.join(figures, "robustness.json"))):
+    command = figures_command(root, FLAGS.eval_examples)
+    seconds = _run(command, os.path.join(root, "eval", "figures.log"))
+    if not FLAGS.dry_run:
+      with open(os.path.join(figures, "command.json"), "w") as f:
+        json.dump({"command": shown(command), "seconds": seconds}, f)
+
+
+def stage_sweep(root: str) -> None:
+  """The lambda sweep; lambda 0.02 is the lfr_s0 row itself (same config)."""
+  sweep_root = os.path.join(root, "sweep")
+  if FLAGS.dry_run:
+    print(f"$ {shown(sweep_command(root, FLAGS.eval_examples))}")
+    return
+  os.makedirs(sweep_root, exist_ok=True)
+  link = os.path.join(sweep_root, "lam_0.02")
+  if not os.path.exists(link):
+    os.symlink(os.path.abspath(os.path.join(root, "lfr_s0")), link)
+  if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
+    return
+  command = sweep_command(root, FLAGS.eval_examples)
+  seconds = _run(command, os.path.join(sweep_root, "sweep.log"))
+  if not FLAGS.dry_run:
+    with open(os.path.join(sweep_root, "command.json"), "w") as f:
+      json.dump({"command": shown(command), "seconds": seconds}, f)
+
+
+# Figures copied into docs/results/figures (small PNGs).
+FIGURE_PATTERNS = ("surface_random_decision_[01].png",
+                   "surface_adversarial_decision_[01].png",
+                   "surface_random_loss_[01].png", "gamma_flatness.png",
+                   "gamma_linearity.png", "eps_sweep.png")
+
+
+def stage_collect(root: str, rows: list[Row]) -> None:
+  """Copies each row's small results into docs/results/<row>/."""
+  for row in rows:
+    dest = os.path.join(RESULTS_DIR, row.name)
+    os.makedirs(dest, exist_ok=True)
+    src_train = os.path.join(root, row.name)
+    src_eval = os.path.join(root, "eval", row.name)
+    for src, name in ((src_train, "summary.json"), (src_train, "config.json"),
+                      (src_eval, "robustness.json"), (src_eval, "robustness.md"),
+                      (src_eval, "command.json")):
+      if os.path.isfile(os.path.join(src, name)):
+        out_name = "train_summary.json" if name == "summary.json" else name
+        shutil.copyfile(os.path.join(src, name), os.path.join(dest, out_name))
+  figures = os.path.join(root, "eval", "figures")
+  if os.path.isdir(figures):
+    dest = os.path.join(RESULTS_DIR, "figures")
+    os.makedirs(dest, exist_ok=True)
+    for pattern in FIGURE_PATTERNS:
+      for path in glob.glob(os.path.join(figures, "figures", pattern)):
+        shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
+    for name in ("robustness.json", "command.json"):
+      if os.path.isfile(os.path.join(figures, name)):
+        shutil.copyfile(os.path.join(figures, name), os.path.join(dest, name))
+  sweep_root = os.path.join(root, "sweep")
+  if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
+    dest = os.path.join(RESULTS_DIR, "sweep")
+    os.makedirs(dest, exist_ok=True)
+    for name in ("sweep.json", "sweep.md", "sweep.png", "command.json"):
+      if os.path.isfile(os.path.join(sweep_root, name)):
+        shutil.copyfile(os.path.join(sweep_root, name),
+                        os.path.join(dest, name))
+
+
+# ---------------------------------------------------------------------------
+# RESULTS.md, from docs/results only (so it can be rebuilt without the runs)
+
+# (metric key, column label) of the side-by-side table: the paper's columns.
+PAPER_COLUMNS = (("clean", "Clean"), ("fgsm_lfr", "FGSM"), ("pgd", "PGD-40"),
+                 ("mifgsm_lfr", "MI-FGSM"), ("ddn", "DDN"))
+# Our extra columns.
+EXTRA_COLUMNS = (("apgd_ce", "APGD-CE"), ("apgd_t", "APGD-T"),
+                 ("worst", "worst case"))
+DDN_KEY = "ddn_lfr_acc_at_l2_2"
+
+
+def load_results(results_dir: str) -> dict[str, dict]:
+  """Row name -> {"eval": robustness.json, "train": summary, "command": ...}."""
+  out = {}
+  for row in ROWS:
+    folder = os.path.join(results_dir, row.name)
+    entry = {}
+    for key, name in (("eval", "robustness.json"),
+                      ("train", "train_summary.json"),
+                      ("config", "config.json"), ("command", "command.json")):
+      path = os.path.join(folder, name)
+      if os.path.isfile(path):
+        entry[key] = _load(path)
+    if "eval" in entry:
+      out[row.name] = entry
+  return out
+
+
+def row_metrics(entry: dict) -> dict[str, float]:
+  """Accuracies in % of a row's final checkpoint, by our metric key."""
+  m = entry["eval"]["rows"][0]["metrics"]
+  out = {k: 100 * m[k] for k in ("clean", "fgsm_lfr", "pgd", "mifgsm_lfr",
+                                 "fgsm", "mifgsm", "apgd_ce", "apgd_t",
+                                 "worst") if m.get(k) is not None}
+  if m.get(DDN_KEY) is not None:
+    out["ddn"] = 100 * m[DDN_KEY]
+  if m.get("ddn_lfr_median_l2") is not None:
+    out["ddn_median_l2"] = m["ddn_lfr_median_l2"]
+  return out
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+  mean = sum(values) / len(values)
+  return mean, (max(values) - min(values)) / 2
+
+
+def _cell(values: list[float]) -> str:
+  if not values:
+    return "–"
+  mean, spread = _mean_spread(values)
+  return f"{mean:.2f}" + (f" ± {spread:.2f}" if len(values) > 1 else "")
+
+
+def side_by_side(results: dict) -> list[str]:
+  """The paper's Table 1 and ours, cell by cell (ours − paper)."""
+  header = ["defence", "seeds"] + [
+      f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS]
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] * len(header)) + "|"]
+  for paper_row, paper in PAPER.items():
+    runs = [results[r.name] for r in ROWS
+            if r.paper == paper_row and r.name in results]
+    cells = [paper_row, str(len(runs))]
+    for key, _ in PAPER_COLUMNS:
+      ours = [row_metrics(e)[key] for e in runs if key in row_metrics(e)]
+      if ours:
+        mean, _ = _mean_spread(ours)
+        cells.append(f"{_cell(ours)} / {paper[key]:.2f} / "
+                     f"{mean - paper[key]:+.2f}")
+      else:
+        cells.append(f"not run / {paper[key]:.2f} / –")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def full_table(results: dict) -> list[str]:
+  """Every run, every column, with its seed and wall times."""
+  cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
+                          ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
+  header = (["run", "defence", "seed"] + [label for _, label in cols]
+            + ["DDN median L2", "train s", "eval s"])
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+  for row in ROWS:
+    if row.name not in results:
+      lines.append("| " + " | ".join(
+          [row.name, row.label, str(row.seed)] + ["not run"] * (
+              len(header) - 3)) + " |")
+      continue
+    entry = results[row.name]
+    m = row_metrics(entry)
+    cells = [row.name, row.label, str(row.seed)]
+    cells += [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols]
+    cells.append(f"{m['ddn_median_l2']:.3f}" if "ddn_median_l2" in m else "–")
+    train_s = entry.get("train", {}).get("seconds")
+    eval_s = entry.get("command", {}).get("seconds")
+    cells.append(f"{train_s:.0f}" if train_s else "–")
+    cells.append(f"{eval_s:.0f}" if eval_s else "–")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def check_lines(results: dict) -> list[str]:
+  """Every WARN of the gradient-masking checks, and a count of the PASSes."""
+  out = []
+  for row in ROWS:
+    if row.name not in results:
+      continue
+    checks = results[row.name]["eval"]["rows"][0].get("checks", [])
+    warns = [c for c in checks if c["status"] == "WARN"]
+    passes = sum(c["status"] == "PASS" for c in checks)
+    out.append(f"- **{row.name}**: {passes} PASS, {len(warns)} WARN"
+               + "".join(f"\n  - WARN {c['name']}: {c['evidence']}"
+                         for c in warns))
+  return out
+
+
+def headline(results: dict) -> str:
+  """LFR's worst-case robust accuracy against TRADES' and AT's."""
+  def worst(paper_row):
+    vals = [row_metrics(results[r.name])["worst"] for r in ROWS
+            if r.paper == paper_row and r.name in results
+            and "worst" in row_metrics(results[r.name])]
+    return vals
+  parts = []
+  for name in ("LFR", "TRADES", "AT", "LLR", "Standard"):
+    vals = worst(name)
+    if vals:
+      parts.append(f"{name} {_cell(vals)}%")
+  return ("Worst-case robust accuracy (ℓ∞, ε = 0.3; mean ± half-range over "
+          "seeds): " + ", ".join(parts) + "." if parts else
+          "No row has been evaluated yet.")
+
+
+def _protocol_text(results: dict) -> list[str]:
+  from configs import common  # pylint: disable=g-import-not-at-top
+  any_entry = next(iter(results.values()), None)
+  lines = [
+      f"- **Training** (every row, `configs/<preset>.py:repro`): "
+      f"{common.REPRO_EPOCHS:g} epoch(s) over the 55,000-image training "
+      f"split (5,000 held out for validation), batch 128, inner "
+      f"maximization K = {common.REPRO_K} steps of 2.5·ε/K = 0.075 at "
+      f"ε = 0.3 (LLR: Adam steps of the same size), SGD momentum 0.9 at lr "
+      f"0.05 (5× the paper's 0.01: a short run needs it) with ×0.1 at 90% of "
+      f"training; the decision-Jacobian row keeps its preset's Adam 1e-4 "
+      f"and model. Seeds as listed. The paper: 100 epochs, K = 40, step "
+      f"0.01, lr 0.01.",
+  ]
+  if any_entry:
+    ev = any_entry["eval"]
+    s = ev["settings"]
+    lines.append(
+        f"- **Evaluation** (`evaluate.py`, final checkpoints): the first "
+        f"{ev['rows'][0]['examples']} MNIST test images, ε = {s['eps']:g}; "
+        f"every attack at its full settings: PGD-{s['pgd_steps']} (step "
+        f"{s['step_size']:g}, uniform start), FGSM and MI-FGSM (decay "
+        f"{s['mifgsm_lfr_decay']:g}) as the LFR authors ran them, DDN-"
+        f"{s['ddn_steps']} (accuracy at ‖δ‖₂ ≤ {s['ddn_l2_budget']:g}), "
+        f"APGD-CE and APGD-T ({s['apgd_steps']} steps, "
+        f"{s['apgd_targets']} targets), and the per-example worst case over "
+        f"all ℓ∞ attacks. Masking checks on the first "
+        f"{s['check_examples']} images.")
+    hw = ev.get("hardware", {})
+    sw = ev.get("software", {})
+    lines.append(f"- **Hardware and software**: {_flat(hw)}; {_flat(sw)}.")
+  return lines
+
+
+def _flat(d) -> str:
+  if isinstance(d, dict):
+    return ", ".join(f"{k} {v}" for k, v in d.items())
+  return str(d)
+
+
+def render(results_dir: str) -> str:
+  """The whole of docs/RESULTS.md."""
+  results = load_results(results_dir)
+  reading_path = os.path.join(results_dir, "reading.md")
+  reading = (open(reading_path).read().strip() if os.path.isfile(reading_path)
+             else "(not written yet)")
+  out = ["# LFR Table 1, reproduced at a reduced protocol", "",
+         "Generated by `python reproduce.py --stages=report` from the files "
+         "in `docs/results/` (which `reproduce.py` copies from the runs); do "
+         "not edit by hand: the reading below comes from "
+         "`docs/results/reading.md`.", "",
+         "## Protocol (the same for every row)", ""]
+  out += _protocol_text(results)
+  out += ["", "The full run: `LFR_DATA_DIR=../shared/data/mnist python "
+          "reproduce.py --workdir=runs/repro`. Per row, the exact commands:",
+          "", "```"]
+  for row in ROWS:
+    out.append(shown(train_command(row, "runs/repro")))
+  for row in ROWS:
+    out.append(shown(eval_command(row, "runs/repro", 500, 200)))
+  out.append(shown(figures_command("runs/repro", 500)))
+  out.append(shown(sweep_command("runs/repro", 500)))
+  out += ["```", "", "## Headline", "", headline(results), "",
+          "## The paper's Table 1 and ours, cell by cell", "",
+          "Accuracy in %: ours (mean ± half-range over seeds) / the paper / "
+          "ours − paper. The paper's DDN column is read as accuracy under "
+          "DDN at ‖δ‖₂ ≤ 2 (the paper does not state its budget).", ""]
+  out += side_by_side(results)
+  out += ["", "## Every run, every column", "",
+          "Accuracy in %; train s is the wall time of training including its "
+          "validation, eval s that of `evaluate.py`.", ""]
+  out += full_table(results)
+  out += ["", "## Gradient-masking checks", ""]
+  out += check_lines(results) or ["(no row evaluated yet)"]
+  out += ["", "## Reading", "", reading, ""]
+  figs = os.path.join(results_dir, "figures")
+  if os.path.isdir(figs):
+    out += ["## Figures", "",
+            "Standard (left) and LFR (right) from one `evaluate.py` call (its "
+            "command is in `docs/results/figures/command.json`).", ""]
+    for name, caption in (
+        ("surface_random_decision_0.png", "Fig. 1: decision surfaces, test "
+         "image 0, random plane"),
+        ("surface_random_decision_1.png", "Fig. 1: decision surfaces, test "
+         "image 1, random plane"),
+        ("surface_adversarial_decision_0.png", "decision surfaces along an "
+         "adversarial direction, test image 0"),
+        ("surface_random_loss_0.png", "Fig. 2: loss surfaces, test image 0"),
+        ("surface_random_loss_1.png", "Fig. 2: loss surfaces, test image 1"),
+        ("gamma_flatness.png", "local flatness γ(x, ε) histograms"),
+        ("gamma_linearity.png", "local linearity γ histograms"),
+        ("eps_sweep.png", "accuracy against ε (PGD-40, APGD-CE)")):
+      if os.path.isfile(os.path.join(figs, name)):
+        out += [f"**{caption}**", "", f"![{caption}](results/figures/{name})",
+                ""]
+  sweep = os.path.join(results_dir, "sweep")
+  if os.path.isfile(os.path.join(sweep, "sweep.md")):
+    out += ["## Fig. 3: the λ sweep", "",
+            open(os.path.join(sweep, "sweep.md")).read().replace(
+                "# Lambda sweep", "").strip(), ""]
+    if os.path.isfile(os.path.join(sweep, "sweep.png")):
+      out += ["![λ sweep](results/sweep/sweep.png)", ""]
+  return "\n".join(out) + "\n"
+
+
+def main(argv):
+  del argv
+  from lfr_jax import cli  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(FLAGS.stages) - set(STAGES))
+  unknown_rows = sorted(set(FLAGS.rows) - set(ROW_NAMES))
+  if unknown:
+    cli.fail(PROG, f"unknown stages {unknown}; valid: {', '.join(STAGES)}.")
+  if unknown_rows:
+    cli.fail(PROG, f"unknown rows {unknown_rows}; valid: "
+             f"{', '.join(ROW_NAMES)}.")
+  if ({"train", "eval", "sweep"} & set(FLAGS.stages)
+      and not os.environ.get("LFR_DATA_DIR")):
+    cli.fail(PROG, "set LFR_DATA_DIR to the folder of the four MNIST files "
+             "(e.g. ../shared/data/mnist).")
+  root = os.path.abspath(FLAGS.workdir)
+  rows = [r for r in ROWS if r.name in FLAGS.rows]
+  if "train" in FLAGS.stages:
+    stage_train(root, rows)
+  if "eval" in FLAGS.stages:
+    stage_eval(root, rows)
+  if "sweep" in FLAGS.stages:
+    stage_sweep(root)
+  if "collect" in FLAGS.stages and not FLAGS.dry_run:
+    stage_collect(root, rows)
+  if "report" in FLAGS.stages and not FLAGS.dry_run:
+    text = render(RESULTS_DIR)
+    with open(RESULTS_MD, "w") as f:
+      f.write(text)
+    print(f"wrote {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

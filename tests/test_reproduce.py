@@ -1,0 +1,97 @@
+"""reproduce.py: the commands it runs and the RESULTS.md it writes from results files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import reproduce  # noqa: E402
+
+
+def _fake_eval(metrics, checks=()):
+  return {"rows": [{"label": "final (step 429)", "examples": 500,
+                    "metrics": metrics, "checks": list(checks)}],
+          "settings": {"eps": 0.3, "pgd_steps": 40, "step_size": 0.01,
+                       "mifgsm_lfr_decay": 0.1, "ddn_steps": 20,
+                       "ddn_l2_budget": 2.0, "apgd_steps": 100,
+                       "apgd_targets": 9, "check_examples": 200},
+          "hardware": {"cpu": "test cpu"}, "software": {"jax": "0"}}
+
+
+def _write_row(results_dir, name, worst, pgd=0.5):
+  folder = results_dir / name
+  folder.mkdir(parents=True)
+  metrics = {"clean": 0.9, "fgsm_lfr": 0.6, "pgd": pgd, "mifgsm_lfr": 0.4,
+             "ddn_lfr_acc_at_l2_2": 0.3, "ddn_lfr_median_l2": 1.5,
+             "apgd_ce": 0.2, "apgd_t": worst, "worst": worst}
+  checks = [{"status": "PASS", "name": "a", "evidence": "fine"},
+            {"status": "WARN", "name": "more steps", "evidence": "PGD-100 lower"}]
+  (folder / "robustness.json").write_text(json.dumps(_fake_eval(metrics, checks)))
+  (folder / "train_summary.json").write_text(json.dumps({"seconds": 123.0}))
+  (folder / "command.json").write_text(json.dumps({"command": "x",
+                                                   "seconds": 45.0}))
+
+
+def test_every_row_has_a_preset_that_accepts_repro():
+  import importlib
+  for row in reproduce.ROWS:
+    module = importlib.import_module(f"configs.{row.preset}")
+    config = module.get_config("repro")
+    assert config.inner.num_steps <= 10
+    assert config.data.train_size == 0          # the whole training split
+    assert config.train.num_epochs == pytest.approx(1.0)
+  assert {r.paper for r in reproduce.ROWS} >= set(reproduce.PAPER)
+
+
+def test_seeds_two_for_lfr_and_trades():
+  for paper_row in ("LFR", "TRADES"):
+    seeds = {r.seed for r in reproduce.ROWS if r.paper == paper_row}
+    assert len(seeds) >= 2
+
+
+def test_commands_match_the_row():
+  row = reproduce.ROWS[0]
+  cmd = reproduce.shown(reproduce.train_command(row, "runs/repro"))
+  assert cmd.startswith("python train.py --config=configs/mnist_standard.py:repro")
+  assert f"--config.seed={row.seed}" in cmd
+  ev = reproduce.shown(reproduce.eval_command(row, "runs/repro", 500, 200))
+  assert "--checkpoint=final" in ev and "num_examples=500" in ev
+
+
+def test_report_from_results_files(tmp_path):
+  _write_row(tmp_path, "lfr_s0", worst=0.10)
+  _write_row(tmp_path, "lfr_s1", worst=0.20)
+  _write_row(tmp_path, "trades_s0", worst=0.30, pgd=0.7)
+  text = reproduce.render(str(tmp_path))
+  # Two LFR seeds: mean 15.00, half-range 5.00.
+  assert "LFR 15.00 ± 5.00%" in text
+  assert "TRADES 30.00%" in text
+  # PGD-40 cell: ours 70.00 against the paper's 95.71.
+  assert "70.00 / 95.71 / -25.71" in text
+  assert "WARN more steps: PGD-100 lower" in text
+  assert "not run / 99.30" in text            # Standard was not run
+  assert "| 123 | 45 |" in text                # wall times
+
+
+def test_dry_run_prints_every_command(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "reproduce.py", f"--workdir={tmp_path}", "--dry_run",
+       "--stages=train,eval,sweep"], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, LFR_DATA_DIR=str(tmp_path)), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("$ ")]
+  assert len(lines) == 2 * len(reproduce.ROWS) + 2   # train, eval, figures, sweep
+  assert not os.listdir(tmp_path)                   # nothing written
+
+
+def test_unknown_row_is_one_line_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "reproduce.py", "--rows=lfr_s9", "--stages=report"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "unknown rows ['lfr_s9']" in proc.stderr
