@@ -48,7 +48,7 @@ def test_every_requested_preset_exists():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("arg", [None, "quick", "smoke"])
+@pytest.mark.parametrize("arg", [None, "quick", "repro", "smoke"])
 def test_presets_are_valid_values_only(name, arg):
   config = load(name, arg)
   config_check.validate(config)
@@ -57,6 +57,21 @@ def test_presets_are_valid_values_only(name, arg):
     ok = isinstance(value, (str, int, float, bool)) or (
         isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value))
     assert ok, f"{path} holds {type(value).__name__}, not a plain value"
+
+
+def test_repro_is_one_protocol_for_every_mnist_row():
+  """docs/RESULTS.md compares methods: their :repro runs must match."""
+  rows = [n for n in PRESETS if n.startswith("mnist_")]
+  configs = {n: load(n, "repro") for n in rows}
+  for name, c in configs.items():
+    assert c.train.num_epochs == 1.0 and c.data.train_size == 0, name
+    assert c.data.batch_size == 128 and c.seed == 0, name
+    assert c.optim.decay_epochs == pytest.approx((0.9,)), name
+    if c.method not in ("standard", "gradient_norm", "decision_jacobian"):
+      assert (c.inner.num_steps, c.inner.step_size) == (10, 0.075), name
+    if c.optim.name == "sgd":
+      assert c.optim.lr == pytest.approx(0.05), name
+  assert len({(c.eval.num_steps, c.eval.step_size) for c in configs.values()}) == 1
 
 
 @pytest.mark.parametrize("name", PRESETS)

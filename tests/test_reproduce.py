@@ -59,8 +59,8 @@ def test_commands_match_the_row():
   cmd = reproduce.shown(reproduce.train_command(row, "runs/repro"))
   assert cmd.startswith("python train.py --config=configs/mnist_standard.py:repro")
   assert f"--config.seed={row.seed}" in cmd
-  ev = reproduce.shown(reproduce.eval_command(row, "runs/repro", 500, 200))
-  assert "--checkpoint=final" in ev and "num_examples=500" in ev
+  ev = reproduce.shown(reproduce.eval_command(row, "runs/repro", 300, 200))
+  assert "--checkpoint=final" in ev and "num_examples=300" in ev
 
 
 def test_report_from_results_files(tmp_path):
