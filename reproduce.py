@@ -231,6 +231,16 @@ FIGURE_PATTERNS = ("surface_random_decision_[01].png",
                    "gamma_linearity.png", "eps_sweep.png")
 
 
+def small_png(src: str, dest: str, max_side: int = 1400,
+              colors: int = 128) -> None:
+  """Copies a figure as a smaller PNG (bounded size, adaptive palette)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (matplotlib's)
+  with Image.open(src) as img:
+    img = img.convert("RGB")
+    img.thumbnail((max_side, max_side))
+    img.quantize(colors=colors).save(dest, optimize=True)
+
+
 def stage_collect(root: str, rows: list[Row]) -> None:
   """Copies each row's small results into docs/results/<row>/."""
   for row in rows:
@@ -250,7 +260,7 @@ def stage_collect(root: str, rows: list[Row]) -> None:
     os.makedirs(dest, exist_ok=True)
     for pattern in FIGURE_PATTERNS:
       for path in glob.glob(os.path.join(figures, "figures", pattern)):
-        shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
+        small_png(path, os.path.join(dest, os.path.basename(path)))
     for name in ("robustness.json", "command.json"):
       if os.path.isfile(os.path.join(figures, name)):
         shutil.copyfile(os.path.join(figures, name), os.path.join(dest, name))
@@ -258,10 +268,13 @@ def stage_collect(root: str, rows: list[Row]) -> None:
   if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
     dest = os.path.join(RESULTS_DIR, "sweep")
     os.makedirs(dest, exist_ok=True)
-    for name in ("sweep.json", "sweep.md", "sweep.png", "command.json"):
+    for name in ("sweep.json", "sweep.md", "command.json"):
       if os.path.isfile(os.path.join(sweep_root, name)):
         shutil.copyfile(os.path.join(sweep_root, name),
                         os.path.join(dest, name))
+    if os.path.isfile(os.path.join(sweep_root, "sweep.png")):
+      small_png(os.path.join(sweep_root, "sweep.png"),
+                os.path.join(dest, "sweep.png"))
 
 
 # ---------------------------------------------------------------------------

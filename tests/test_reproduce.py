@@ -95,3 +95,19 @@ def test_unknown_row_is_one_line_error(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "unknown rows ['lfr_s9']" in proc.stderr
+
+
+def test_small_png_shrinks_a_figure(tmp_path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  from PIL import Image
+  fig = plt.figure(figsize=(16, 12), dpi=150)
+  plt.imshow(np.random.default_rng(0).random((64, 64)))
+  src, dest = tmp_path / "big.png", tmp_path / "small.png"
+  fig.savefig(src)
+  reproduce.small_png(str(src), str(dest), max_side=800)
+  with Image.open(dest) as img:
+    assert max(img.size) <= 800
+  assert dest.stat().st_size < src.stat().st_size
