@@ -358,26 +358,46 @@ def full_table(results: dict) -> list[str]:
   cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
                           ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
   header = (["run", "defence", "seed"] + [label for _, label in cols]
-            + ["DDN median L2", "train s", "eval s"])
+            + ["DDN median L2", "train: test clean / PGD-20 (1,000)",
+               "train s", "eval s"])
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
   for row in ROWS:
     if row.name not in results:
-      lines.append("| " + " | ".join(
-          [row.name, row.label, str(row.seed)] + ["not run"] * (
-              len(header) - 3)) + " |")
+      train = _train_only(row)
+      cells = [row.name, row.label, str(row.seed)] + ["not evaluated"] * (
+          len(cols) + 1)
+      cells += [_train_cell(train), _seconds(train.get("seconds")), "–"]
+      lines.append("| " + " | ".join(cells) + " |")
       continue
     entry = results[row.name]
     m = row_metrics(entry)
     cells = [row.name, row.label, str(row.seed)]
     cells += [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols]
     cells.append(f"{m['ddn_median_l2']:.3f}" if "ddn_median_l2" in m else "–")
-    train_s = entry.get("train", {}).get("seconds")
-    eval_s = entry.get("command", {}).get("seconds")
-    cells.append(f"{train_s:.0f}" if train_s else "–")
-    cells.append(f"{eval_s:.0f}" if eval_s else "–")
+    cells.append(_train_cell(entry.get("train", {})))
+    cells.append(_seconds(entry.get("train", {}).get("seconds")))
+    cells.append(_seconds(entry.get("command", {}).get("seconds")))
     lines.append("| " + " | ".join(cells) + " |")
   return lines
+
+
+def _seconds(v) -> str:
+  return f"{v:.0f}" if v else "–"
+
+
+def _train_cell(summary: dict) -> str:
+  """Training's own end-of-run test numbers (PGD-20 on 1,000 test images)."""
+  if "test_clean_acc" not in summary:
+    return "–"
+  return (f"{100 * summary['test_clean_acc']:.1f} / "
+          f"{100 * summary['test_pgd_acc']:.1f}")
+
+
+def _train_only(row: Row) -> dict:
+  """A row's training summary when it was trained but not evaluated."""
+  path = os.path.join(RESULTS_DIR, row.name, "train_summary.json")
+  return _load(path) if os.path.isfile(path) else {}
 
 
 def check_lines(results: dict) -> list[str]:

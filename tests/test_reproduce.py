@@ -76,6 +76,7 @@ def test_report_from_results_files(tmp_path):
   assert "WARN more steps: PGD-100 lower" in text
   assert "not run / 99.30" in text            # Standard was not run
   assert "| 123 | 45 |" in text                # wall times
+  assert "not evaluated" in text
 
 
 def test_dry_run_prints_every_command(tmp_path):
