@@ -315,7 +315,8 @@ def row_metrics(entry: dict) -> dict[str, float]:
   if m.get(DDN_KEY) is not None:
     out["ddn"] = 100 * m[DDN_KEY]
   if m.get("ddn_lfr_median_l2") is not None:
-    out["ddn_median_l2"] = m["ddn_lfr_median_l2"]
+    # JSON writes a never-reached median (DDN broke under half) as "inf".
+    out["ddn_median_l2"] = float(m["ddn_lfr_median_l2"])
   return out
 
 
@@ -374,7 +375,9 @@ def full_table(results: dict) -> list[str]:
     m = row_metrics(entry)
     cells = [row.name, row.label, str(row.seed)]
     cells += [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols]
-    cells.append(f"{m['ddn_median_l2']:.3f}" if "ddn_median_l2" in m else "–")
+    median = m.get("ddn_median_l2")
+    cells.append("–" if median is None else "inf" if median == float("inf")
+                 else f"{median:.3f}")
     cells.append(_train_cell(entry.get("train", {})))
     cells.append(_seconds(entry.get("train", {}).get("seconds")))
     cells.append(_seconds(entry.get("command", {}).get("seconds")))

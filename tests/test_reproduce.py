@@ -27,7 +27,7 @@ def _write_row(results_dir, name, worst, pgd=0.5):
   folder = results_dir / name
   folder.mkdir(parents=True)
   metrics = {"clean": 0.9, "fgsm_lfr": 0.6, "pgd": pgd, "mifgsm_lfr": 0.4,
-             "ddn_lfr_acc_at_l2_2": 0.3, "ddn_lfr_median_l2": 1.5,
+             "ddn_lfr_acc_at_l2_2": 0.3, "ddn_lfr_median_l2": "inf",
              "apgd_ce": 0.2, "apgd_t": worst, "worst": worst}
   checks = [{"status": "PASS", "name": "a", "evidence": "fine"},
             {"status": "WARN", "name": "more steps", "evidence": "PGD-100 lower"}]
@@ -77,6 +77,7 @@ def test_report_from_results_files(tmp_path):
   assert "not run / 99.30" in text            # Standard was not run
   assert "| 123 | 45 |" in text                # wall times
   assert "not evaluated" in text
+  assert "| inf |" in text                    # DDN median never reached
 
 
 def test_dry_run_prints_every_command(tmp_path):
