@@ -141,8 +141,8 @@ def sweep_command(root: str, examples: int) -> list[str]:
 
 
 def shown(command: list[str]) -> str:
-  """The command as a user types it."""
-  return " ".join(["python"] + command[1:])
+  """The command as a user types it, from the repository root."""
+  return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
 
 
 def _run(command: list[str], log_path: str) -> float:
@@ -354,7 +354,7 @@ def side_by_side(results: dict) -> list[str]:
   return lines
 
 
-def full_table(results: dict) -> list[str]:
+def full_table(results: dict, results_dir: str) -> list[str]:
   """Every run, every column, with its seed and wall times."""
   cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
                           ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
@@ -365,7 +365,7 @@ def full_table(results: dict) -> list[str]:
            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
   for row in ROWS:
     if row.name not in results:
-      train = _train_only(row)
+      train = _train_only(results_dir, row)
       cells = [row.name, row.label, str(row.seed)] + ["not evaluated"] * (
           len(cols) + 1)
       cells += [_train_cell(train), _seconds(train.get("seconds")), "–"]
@@ -397,9 +397,9 @@ def _train_cell(summary: dict) -> str:
           f"{100 * summary['test_pgd_acc']:.1f}")
 
 
-def _train_only(row: Row) -> dict:
+def _train_only(results_dir: str, row: Row) -> dict:
   """A row's training summary when it was trained but not evaluated."""
-  path = os.path.join(RESULTS_DIR, row.name, "train_summary.json")
+  path = os.path.join(results_dir, row.name, "train_summary.json")
   return _load(path) if os.path.isfile(path) else {}
 
 
@@ -507,7 +507,7 @@ def render(results_dir: str) -> str:
   out += ["", "## Every run, every column", "",
           "Accuracy in %; train s is the wall time of training including its "
           "validation, eval s that of `evaluate.py`.", ""]
-  out += full_table(results)
+  out += full_table(results, results_dir)
   out += ["", "## Gradient-masking checks", ""]
   out += check_lines(results) or ["(no row evaluated yet)"]
   out += ["", "## Reading", "", reading, ""]

@@ -68,7 +68,11 @@ def define_flags() -> None:
   """Defines this script's flags (called only when run as a script)."""
   flags.DEFINE_integer("batch", 128, "Batch size.")
   flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
-  flags.DEFINE_list("ks", ["10", "40"], "Inner steps K of the step model.")
+  flags.DEFINE_list("ks", ["10", "40"], "Inner steps K of the real steps "
+                    "(two or more give the per-inner-step cost).")
+  flags.register_validator(
+      "ks", lambda ks: all(k.isdigit() and int(k) > 0 for k in ks),
+      message="--ks takes positive integers, e.g. --ks=10,40")
   flags.DEFINE_integer("gemm", 2048, "Side of the peak-rate matmul.")
   flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
   flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
