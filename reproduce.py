@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -241,6 +242,41 @@ def small_png(src: str, dest: str, max_side: int = 1400,
     img.quantize(colors=colors).save(dest, optimize=True)
 
 
+# (metrics.jsonl key, panel title) of the training-curves figure; clean
+# accuracy and CE are comparable across methods, the total losses are not.
+CURVE_METRICS = (("acc", "train clean accuracy (batch mean)"),
+                 ("ce", "train clean cross-entropy"))
+TRAINING_CURVES = "training_curves.png"
+
+
+def training_curves(results_dir: str) -> dict:
+  """Panel -> row name -> (steps, values) from each row's metrics.jsonl."""
+  panels = {title: {} for _, title in CURVE_METRICS}
+  for row in ROWS:
+    path = os.path.join(results_dir, row.name, "metrics.jsonl")
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in records if r.get("split") == "train"]
+    for key, title in CURVE_METRICS:
+      points = [(r["step"], r[key]) for r in train if key in r]
+      if points:
+        panels[title][row.name] = tuple(zip(*points))
+  return {k: v for k, v in panels.items() if v}
+
+
+def write_training_curves(results_dir: str) -> str | None:
+  """Draws docs/results/figures/training_curves.png; None without metrics."""
+  from lfr_jax import plots  # pylint: disable=g-import-not-at-top
+  panels = training_curves(results_dir)
+  if not panels:
+    return None
+  path = os.path.join(results_dir, "figures", TRAINING_CURVES)
+  plots.plot_training_curves(panels, path=path, dpi=80)
+  return path
+
+
 def stage_collect(root: str, rows: list[Row]) -> None:
   """Copies each row's small results into docs/results/<row>/."""
   for row in rows:
@@ -249,11 +285,13 @@ def stage_collect(root: str, rows: list[Row]) -> None:
     src_train = os.path.join(root, row.name)
     src_eval = os.path.join(root, "eval", row.name)
     for src, name in ((src_train, "summary.json"), (src_train, "config.json"),
+                      (src_train, "metrics.jsonl"),
                       (src_eval, "robustness.json"), (src_eval, "robustness.md"),
                       (src_eval, "command.json")):
       if os.path.isfile(os.path.join(src, name)):
         out_name = "train_summary.json" if name == "summary.json" else name
         shutil.copyfile(os.path.join(src, name), os.path.join(dest, out_name))
+  write_training_curves(RESULTS_DIR)
   figures = os.path.join(root, "eval", "figures")
   if os.path.isdir(figures):
     dest = os.path.join(RESULTS_DIR, "figures")
@@ -463,10 +501,33 @@ def _protocol_text(results: dict) -> list[str]:
         f"{s['apgd_targets']} targets), and the per-example worst case over "
         f"all ℓ∞ attacks. Masking checks on the first "
         f"{s['check_examples']} images.")
+    lines.append(_sample_size_text(results, ev["rows"][0]["examples"]))
     hw = ev.get("hardware", {})
     sw = ev.get("software", {})
     lines.append(f"- **Hardware and software**: {_flat(hw)}; {_flat(sw)}.")
   return lines
+
+
+def binomial_halfwidth(accuracy: float, n: int) -> float:
+  """Half-width in points of a 95% normal interval of an accuracy (in %)."""
+  p = accuracy / 100
+  return 100 * 1.96 * math.sqrt(p * (1 - p) / n)
+
+
+def _sample_size_text(results: dict, n: int) -> str:
+  seconds = [e["command"]["seconds"] for e in results.values()
+             if e.get("command", {}).get("seconds")]
+  text = (f"- **Sample size**: {n} test images, not the full 10,000: an "
+          f"accuracy's 95% interval is about ±{binomial_halfwidth(50, n):.1f} "
+          f"points at 50%, ±{binomial_halfwidth(80, n):.1f} at 80% and "
+          f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
+          f"larger than that are findings.")
+  if seconds:
+    per_row = sorted(seconds)[len(seconds) // 2] * 10_000 / n / 3600
+    text += (f" One evaluation took a median {sorted(seconds)[len(seconds) // 2]:.0f} s "
+             f"here; the full test set would take about {per_row:.1f} h per "
+             f"row on these 2 CPU cores.")
+  return text
 
 
 def _flat(d) -> str:
@@ -527,7 +588,9 @@ def render(results_dir: str) -> str:
         ("surface_random_loss_1.png", "Fig. 2: loss surfaces, test image 1"),
         ("gamma_flatness.png", "local flatness γ(x, ε) histograms"),
         ("gamma_linearity.png", "local linearity γ histograms"),
-        ("eps_sweep.png", "accuracy against ε (PGD-40, APGD-CE)")):
+        ("eps_sweep.png", "accuracy against ε (PGD-40, APGD-CE)"),
+        (TRAINING_CURVES, "training curves of every row (logged every 50 "
+         "steps)")):
       if os.path.isfile(os.path.join(figs, name)):
         out += [f"**{caption}**", "", f"![{caption}](results/figures/{name})",
                 ""]

@@ -18,6 +18,8 @@ recomputing.
 - :func:`plot_lambda_sweep` - clean and robust accuracy against lambda
   (LFR Fig. 3).
 - :func:`plot_eps_sweep` - accuracy against the attack radius.
+- :func:`plot_training_curves` - logged training metrics against the step,
+  one panel per metric, one line per run.
 
 Example::
 
@@ -427,7 +429,49 @@ def plot_eps_sweep(eps_list, acc: Mapping[str, Sequence], *,
   return fig
 
 
+def plot_training_curves(panels: Mapping[str, Mapping[str, tuple]], *,
+                         path: PathLike | None = None,
+                         xlabel: str = "step", dpi: int = 150) -> Figure:
+  """Training metrics against the step: one panel per metric, a line per run.
+
+  Args:
+    panels: panel title (the metric) -> run label -> (steps, values), two
+      1-D sequences of one length.
+    path: where to save the figure (and ``.npz`` with ``steps_<p>_<r>``,
+      ``values_<p>_<r>``, ``panels`` and ``labels_<p>``); None saves nothing.
+    xlabel: x-axis label of every panel.
+    dpi: resolution of the saved image.
+
+  Returns:
+    The figure.
+  """
+  titles = _nonempty("panels", panels)
+  fig = Figure(figsize=(4.5 * len(titles), 3.6), layout="constrained")
+  arrays = {"panels": _labels(titles)}
+  for p, title in enumerate(titles):
+    runs = panels[title]
+    labels = _nonempty(f"panels[{title!r}]", runs)
+    ax = fig.add_subplot(1, len(titles), p + 1)
+    for r, label in enumerate(labels):
+      pair = runs[label]
+      if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"panels[{title!r}][{label!r}] must be a pair "
+                         f"(steps, values).")
+      steps = _series(f"steps of {label!r}", pair[0])
+      values = _series(f"values of {label!r}", pair[1], steps.size)
+      ax.plot(steps, values, "-o", markersize=3, label=label)
+      arrays[f"steps_{p}_{r}"], arrays[f"values_{p}_{r}"] = steps, values
+    arrays[f"labels_{p}"] = _labels(labels)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(True, alpha=0.3)
+  fig.axes[0].legend(fontsize="small")
+  _save(fig, path, arrays, dpi)
+  return fig
+
+
 __all__ = [
     "JACOBIAN_MODES", "plot_surfaces", "plot_histograms",
     "plot_jacobian_maps", "plot_lambda_sweep", "plot_eps_sweep",
+    "plot_training_curves",
 ]

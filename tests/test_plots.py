@@ -120,3 +120,24 @@ def test_plot_eps_sweep(tmp_path):
   assert_written(path, {"eps": eps, "acc_0": acc["standard"],
                         "acc_1": acc["LFR"],
                         "labels": np.array(["standard", "LFR"])})
+
+
+def test_plot_training_curves(tmp_path):
+  panels = {"train accuracy": {"LFR": ([50, 100], [0.2, 0.6]),
+                               "LLR": ([50, 100, 150], [0.1, 0.5, 0.1])},
+            "clean CE": {"LFR": ([50, 100], [2.0, 1.0])}}
+  path = tmp_path / "curves.png"
+  fig = plots.plot_training_curves(panels, path=path)
+  assert [ax.get_title() for ax in fig.axes] == ["train accuracy", "clean CE"]
+  assert [len(ax.get_lines()) for ax in fig.axes] == [2, 1]
+  assert_written(path, {"steps_0_0": [50, 100], "values_0_0": [0.2, 0.6],
+                        "steps_0_1": [50, 100, 150],
+                        "values_0_1": [0.1, 0.5, 0.1],
+                        "steps_1_0": [50, 100], "values_1_0": [2.0, 1.0],
+                        "labels_0": np.array(["LFR", "LLR"]),
+                        "labels_1": np.array(["LFR"]),
+                        "panels": np.array(["train accuracy", "clean CE"])})
+  with pytest.raises(ValueError, match="must be"):
+    plots.plot_training_curves({"acc": {"LFR": ([1, 2], [0.5])}})
+  with pytest.raises(ValueError, match="pair"):
+    plots.plot_training_curves({"acc": {"LFR": [1, 2, 3]}})

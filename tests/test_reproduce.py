@@ -78,6 +78,32 @@ def test_report_from_results_files(tmp_path):
   assert "| 123 | 45 |" in text                # wall times
   assert "not evaluated" in text
   assert "| inf |" in text                    # DDN median never reached
+  # 500 images: 1.96 * sqrt(0.25 / 500) = 4.38 points at 50%; 45 s per 500
+  # images is 0.25 h per 10,000.
+  assert "500 test images, not the full 10,000" in text
+  assert "±4.4 points at 50%" in text and "about 0.2 h per row" in text
+
+
+def test_binomial_halfwidth_closed_form():
+  assert reproduce.binomial_halfwidth(50, 100) == pytest.approx(9.8)
+  assert reproduce.binomial_halfwidth(100, 300) == 0.0
+
+
+def test_training_curves_from_metrics_files(tmp_path):
+  folder = tmp_path / "llr_s0"
+  folder.mkdir()
+  records = [{"split": "train", "step": 50, "acc": 0.2, "ce": 2.2},
+             {"split": "train", "step": 100, "acc": 0.5, "ce": 1.5},
+             {"split": "val", "step": 100, "clean_acc": 0.4}]
+  (folder / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(r) for r in records) + "\n")
+  panels = reproduce.training_curves(str(tmp_path))
+  acc_title = reproduce.CURVE_METRICS[0][1]
+  assert panels[acc_title] == {"llr_s0": ((50, 100), (0.2, 0.5))}
+  path = reproduce.write_training_curves(str(tmp_path))
+  assert os.path.isfile(path)
+  assert reproduce.TRAINING_CURVES in reproduce.render(str(tmp_path))
+  assert reproduce.write_training_curves(str(tmp_path / "empty")) is None
 
 
 def test_dry_run_prints_every_command(tmp_path):
