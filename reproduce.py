@@ -373,7 +373,8 @@ def _cell(values: list[float]) -> str:
 def side_by_side(results: dict) -> list[str]:
   """The paper's Table 1 and ours, cell by cell (ours − paper)."""
   header = ["defence", "seeds"] + [
-      f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS]
+      f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS] + [
+          f"{label} (ours; not in the paper)" for _, label in EXTRA_COLUMNS]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * len(header)) + "|"]
   for paper_row, paper in PAPER.items():
@@ -388,6 +389,9 @@ def side_by_side(results: dict) -> list[str]:
                      f"{mean - paper[key]:+.2f}")
       else:
         cells.append(f"not run / {paper[key]:.2f} / –")
+    for key, _ in EXTRA_COLUMNS:
+      cells.append(_cell([row_metrics(e)[key] for e in runs
+                          if key in row_metrics(e)]))
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -463,11 +467,18 @@ def headline(results: dict) -> str:
             if r.paper == paper_row and r.name in results
             and "worst" in row_metrics(results[r.name])]
     return vals
+  def warns(paper_row):
+    return sum(c["status"] == "WARN" for r in ROWS
+               if r.paper == paper_row and r.name in results
+               for c in results[r.name]["eval"]["rows"][0].get("checks", []))
   parts = []
   for name in ("LFR", "TRADES", "AT", "LLR", "Standard"):
     vals = worst(name)
     if vals:
-      parts.append(f"{name} {_cell(vals)}%")
+      n_warn = warns(name)
+      parts.append(f"{name} {_cell(vals)}%" + (
+          f" ({n_warn} masking WARN{'s' if n_warn > 1 else ''})"
+          if n_warn else ""))
   return ("Worst-case robust accuracy (ℓ∞, ε = 0.3; mean ± half-range over "
           "seeds): " + ", ".join(parts) + "." if parts else
           "No row has been evaluated yet.")

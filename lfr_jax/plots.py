@@ -465,7 +465,9 @@ def plot_training_curves(panels: Mapping[str, Mapping[str, tuple]], *,
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.grid(True, alpha=0.3)
-  fig.axes[0].legend(fontsize="small")
+  # Outside the last panel: with many runs an inside legend hides lines.
+  fig.axes[-1].legend(fontsize="small", loc="center left",
+                      bbox_to_anchor=(1.02, 0.5))
   _save(fig, path, arrays, dpi)
   return fig
 

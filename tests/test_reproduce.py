@@ -69,7 +69,11 @@ def test_report_from_results_files(tmp_path):
   _write_row(tmp_path, "trades_s0", worst=0.30, pgd=0.7)
   text = reproduce.render(str(tmp_path))
   # Two LFR seeds: mean 15.00, half-range 5.00.
-  assert "LFR 15.00 ± 5.00%" in text
+  assert "LFR 15.00 ± 5.00% (2 masking WARNs)" in text
+  assert "TRADES 30.00% (1 masking WARN)." in text
+  # Side by side: the worst-case column (ours only) ends the LFR row.
+  lfr_line = next(l for l in text.splitlines() if l.startswith("| LFR | 2 |"))
+  assert lfr_line.endswith("| 15.00 ± 5.00 |")
   assert "TRADES 30.00%" in text
   # PGD-40 cell: ours 70.00 against the paper's 95.71.
   assert "70.00 / 95.71 / -25.71" in text
