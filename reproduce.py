@@ -410,7 +410,7 @@ def full_table(results: dict, results_dir: str) -> list[str]:
       train = _train_only(results_dir, row)
       cells = [row.name, row.label, str(row.seed)] + ["not evaluated"] * (
           len(cols) + 1)
-      cells += [_train_cell(train), _seconds(train.get("seconds")), "–"]
+      cells += [_train_cell(train), _seconds(_train_seconds(train)), "–"]
       lines.append("| " + " | ".join(cells) + " |")
       continue
     entry = results[row.name]
@@ -421,10 +421,15 @@ def full_table(results: dict, results_dir: str) -> list[str]:
     cells.append("–" if median is None else "inf" if median == float("inf")
                  else f"{median:.3f}")
     cells.append(_train_cell(entry.get("train", {})))
-    cells.append(_seconds(entry.get("train", {}).get("seconds")))
+    cells.append(_seconds(_train_seconds(entry.get("train", {}))))
     cells.append(_seconds(entry.get("command", {}).get("seconds")))
     lines.append("| " + " | ".join(cells) + " |")
   return lines
+
+
+def _train_seconds(summary: dict):
+  """Training's wall time over every resume (older summaries: "seconds")."""
+  return summary.get("seconds_total", summary.get("seconds"))
 
 
 def _seconds(v) -> str:

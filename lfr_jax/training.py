@@ -683,6 +683,16 @@ def check_workdir(workdir: str) -> str:
   return path
 
 
+def _previous_seconds(workdir: str) -> float:
+  """Wall time recorded by earlier summaries of ``workdir`` (0 if none)."""
+  try:
+    with open(os.path.join(workdir, "summary.json")) as f:
+      old = json.load(f)
+    return float(old.get("seconds_total", old.get("seconds", 0.0)))
+  except (OSError, ValueError, TypeError, AttributeError):
+    return 0.0
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains ``config.method`` and evaluates it; resumes from ``workdir``.
 
@@ -696,7 +706,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   Returns:
     A summary: "method", "step", "epochs", "completed" (False when stopped by
     ``train.max_steps``), "best_val" and, when completed, "test_clean_acc",
-    "test_pgd_acc", "test_examples", plus "seconds".
+    "test_pgd_acc", "test_examples", plus "seconds" (this call's wall time)
+    and "seconds_total" (summed over every call that wrote a summary in
+    ``workdir``; a call killed before its summary is not counted).
 
   Raises:
     config_check.ConfigError: invalid config.
@@ -727,6 +739,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if completed:
       summary.update(run.test())
     summary["seconds"] = time.time() - run.t0
+    # A resumed or re-entered run (sweep.py re-enters finished ones) must not
+    # overwrite the wall time already spent on this workdir.
+    summary["seconds_total"] = _previous_seconds(workdir) + summary["seconds"]
     if run.is_chief:
       with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -81,6 +81,8 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path):
   assert not stopped["completed"] and stopped["step"] == 3  # mid epoch 0 (4 steps)
   resumed = training.train_and_evaluate(smoke("mnist_lfr"), split)
   assert resumed["completed"] and resumed["step"] == 8
+  assert resumed["seconds_total"] == pytest.approx(
+      stopped["seconds"] + resumed["seconds"])
   a, meta_a = training.load_checkpoint(smoke("mnist_lfr"), straight)
   b, meta_b = training.load_checkpoint(smoke("mnist_lfr"), split)
   assert meta_a["step"] == meta_b["step"] == 8
