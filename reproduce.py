@@ -539,10 +539,10 @@ def _sample_size_text(results: dict, n: int) -> str:
           f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
           f"larger than that are findings.")
   if seconds:
-    per_row = sorted(seconds)[len(seconds) // 2] * 10_000 / n / 3600
-    text += (f" One evaluation took a median {sorted(seconds)[len(seconds) // 2]:.0f} s "
-             f"here; the full test set would take about {per_row:.1f} h per "
-             f"row on these 2 CPU cores.")
+    median = sorted(seconds)[len(seconds) // 2]
+    text += (f" One evaluation took a median {median:.0f} s here; the full "
+             f"test set would take about {median * 10_000 / n / 3600:.1f} h "
+             f"per row on these 2 CPU cores.")
   return text
 
 
