@@ -249,6 +249,26 @@ CURVE_METRICS = (("acc", "train clean accuracy (batch mean)"),
 TRAINING_CURVES = "training_curves.png"
 
 
+def _jsonl_records(path: str) -> list[dict]:
+  """The parseable records of a JSONL file.
+
+  A run killed mid-write leaves a partial line (and a resumed run appends
+  after it); such lines are skipped with a note instead of failing collect.
+  """
+  records, bad = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line) if line.strip() else None
+      except ValueError:
+        record, bad = None, bad + 1
+      if isinstance(record, dict):
+        records.append(record)
+  if bad:
+    print(f"{PROG}: skipped {bad} unreadable line(s) of {path}", flush=True)
+  return records
+
+
 def training_curves(results_dir: str) -> dict:
   """Panel -> row name -> (steps, values) from each row's metrics.jsonl."""
   panels = {title: {} for _, title in CURVE_METRICS}
@@ -256,8 +276,7 @@ def training_curves(results_dir: str) -> dict:
     path = os.path.join(results_dir, row.name, "metrics.jsonl")
     if not os.path.isfile(path):
       continue
-    with open(path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+    records = _jsonl_records(path)
     train = [r for r in records if r.get("split") == "train"]
     for key, title in CURVE_METRICS:
       points = [(r["step"], r[key]) for r in train if key in r]

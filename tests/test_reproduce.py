@@ -110,6 +110,17 @@ def test_training_curves_from_metrics_files(tmp_path):
   assert reproduce.write_training_curves(str(tmp_path / "empty")) is None
 
 
+def test_training_curves_skip_a_killed_runs_partial_line(tmp_path, capsys):
+  folder = tmp_path / "lfr_s0"
+  folder.mkdir()
+  (folder / "metrics.jsonl").write_text(
+      '{"split": "train", "step": 50, "acc": 0.2, "ce": 2.0}\n'
+      '{"split": "tra{"split": "train", "step": 100, "acc": 0.4, "ce": 1.0}\n')
+  panels = reproduce.training_curves(str(tmp_path))
+  assert panels[reproduce.CURVE_METRICS[0][1]] == {"lfr_s0": ((50,), (0.2,))}
+  assert "skipped 1 unreadable line(s)" in capsys.readouterr().out
+
+
 def test_dry_run_prints_every_command(tmp_path):
   proc = subprocess.run(
       [sys.executable, "reproduce.py", f"--workdir={tmp_path}", "--dry_run",
