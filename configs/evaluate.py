@@ -52,6 +52,7 @@ def get_config(arg=None):
   e.mifgsm_lfr_decay = 0.1     # the authors' momentum decay
   e.mifgsm_decay = 1.0         # Dong et al.'s (textbook) decay
   e.ddn_steps = 20             # DDN, no norm bound
+  e.ddn_levels = 256           # grey levels of DDN's iterates; 0 = off
   e.ddn_l2_budget = 2.0        # accuracy reported at ||delta||_2 <= this
   e.apgd_steps = 100           # APGD-CE and APGD-T (per target)
   e.apgd_targets = 9           # APGD-T target classes

@@ -424,16 +424,24 @@ def _ddn_learning_rate(i, num_steps: int):
 
 def ddn(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
         num_steps: int, gamma=0.05, init_norm=1.0, max_norm=None,
-        unroll: bool | int = False) -> tuple[jax.Array, jax.Array]:
+        levels: int | None = None, unroll: bool | int = False
+        ) -> tuple[jax.Array, jax.Array]:
   """Decoupled Direction and Norm l2 attack (Rony et al. 2019), untargeted.
 
   Each step takes a unit-l2 gradient step on the cross-entropy with a
-  cosine-annealed length (1 down to 0.01), then rescales the perturbation to a
-  norm budget that shrinks by (1 - gamma) while the point is adversarial and
-  grows by (1 + gamma) while it is not, and clips to [0, 1]. The smallest
-  adversarial perturbation seen is kept per example. As in the reference, an
-  iterate is judged at the start of the next step, so the last one is never
-  judged. Quantization to 256 levels is not done.
+  cosine-annealed length, then rescales the perturbation to a norm budget that
+  shrinks by (1 - gamma) while the point is adversarial and grows by
+  (1 + gamma) while it is not, optionally rounds ``x + delta`` to ``levels``
+  grey levels, and clips to [0, 1]. The smallest adversarial perturbation
+  seen is kept per example. As in advertorch's ``DDNL2Attack`` (which the LFR
+  authors ran), an iterate is judged at the start of the next step, so the
+  last one is never judged, and step i has the length that PyTorch's
+  ``CosineAnnealingLR(T_max=num_steps, eta_min=0.01)`` gives when
+  ``scheduler.step()`` precedes ``optimizer.step()``: cos-annealed at i + 1,
+  from 0.994 down to 0.01 for 20 steps. Unlike advertorch, the budget never
+  exceeds the largest norm the [0, 1] box allows (which 20 steps from norm 1
+  cannot reach: 1.05^20 = 2.65), so long runs do not waste steps shrinking a
+  budget that clipping had already made meaningless.
 
   Args:
     logits_fn: x -> logits.
@@ -445,6 +453,9 @@ def ddn(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     init_norm: initial norm budget > 0.
     max_norm: if given (> 0), the returned perturbations are projected onto
       the l2 ball of this radius, which may undo their success.
+    levels: if given (>= 2), every iterate ``x + delta`` is rounded to this
+      many evenly spaced values in [0, 1] (advertorch's default: 256, as 8-bit
+      images), so every point judged adversarial is a valid image.
     unroll: unroll factor of the step loop (static).
 
   Returns:
@@ -458,6 +469,8 @@ def ddn(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
   _validate.positive("init_norm", init_norm)
   if max_norm is not None:
     _validate.positive("max_norm", max_norm)
+  if levels is not None and (not isinstance(levels, int) or levels < 2):
+    raise ValueError(f"levels must be an integer >= 2 or None, got {levels!r}.")
   n = x.shape[0]
   worst_norm = l2_norm(jnp.maximum(x, 1.0 - x))
   ce = lambda logits: losses.cross_entropy(logits, y)
@@ -475,12 +488,17 @@ def ddn(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     direction = _where(g_norm > 0,
                        _scale(1.0 / jnp.where(g_norm > 0, g_norm, 1.0), grad),
                        noise)
-    delta = delta + _ddn_learning_rate(i, num_steps) * direction
+    # PyTorch's scheduler.step() runs before optimizer.step() in the
+    # reference, so step i already uses the schedule's value at i + 1.
+    delta = delta + _ddn_learning_rate(i + 1, num_steps) * direction
     budget = jnp.minimum(budget * jnp.where(is_adv, 1.0 - gamma, 1.0 + gamma),
                          worst_norm)
     size = l2_norm(delta)
     delta = _scale(budget / jnp.where(size > 0, size, 1.0), delta)
-    delta = jnp.clip(x + delta, 0.0, 1.0) - x
+    x_new = x + delta
+    if levels is not None:
+      x_new = jnp.round(x_new * (levels - 1)) / (levels - 1)
+    delta = jnp.clip(x_new, 0.0, 1.0) - x
     return delta, budget, best_norm, best_delta
 
   init = (jnp.zeros_like(x), jnp.full((n,), init_norm, x.dtype), worst_norm,

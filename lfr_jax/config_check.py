@@ -204,6 +204,9 @@ def _check_eval(config) -> None:
   _integer("eval.restarts", e.restarts, lo=1)
   _choice("eval.norm", e.norm, EVAL_NORMS)
   _choice("eval.unroll", e.unroll, UNROLL)
+  if not isinstance(e.epoch_test_clean, bool):
+    raise ConfigError(f"config.eval.epoch_test_clean must be True or False, "
+                      f"got {e.epoch_test_clean!r}.")
   if e.test_checkpoint == "best" and not config.checkpoint.keep_best:
     raise ConfigError("config.eval.test_checkpoint 'best' needs "
                       "config.checkpoint.keep_best=True.")
@@ -214,6 +217,8 @@ def _check_rest(config) -> None:
   _choice("model.name", config.model.name, models.names())
   _integer("checkpoint.every_steps", config.checkpoint.every_steps, lo=0)
   _integer("checkpoint.keep", config.checkpoint.keep, lo=1)
+  for epoch in tuple(config.checkpoint.keep_epochs):
+    _integer("checkpoint.keep_epochs", epoch, lo=1)
   _integer("log.every_steps", config.log.every_steps, lo=1)
   _integer("mesh.num_devices", config.mesh.num_devices, lo=0)
   dist = config.distributed

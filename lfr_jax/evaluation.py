@@ -9,8 +9,10 @@ it as ``robustness.md``, ``robustness.csv``, ``robustness.json`` and
 - the LFR paper's attacks at the authors' settings: ``pgd`` (PGD-40, eps 0.3,
   step 0.01, uniform start, CE), ``fgsm_lfr`` (one eps step from a uniform
   start), ``mifgsm_lfr`` (decay 0.1, 40 steps of 0.01, no random start) and
-  ``ddn_lfr`` (DDN, 20 steps, no norm bound: success rate, median l2 norm and
-  accuracy at ``ddn_l2_budget``);
+  ``ddn_lfr`` (advertorch's ``DDNL2Attack`` defaults: 20 steps, no norm
+  bound, 256 grey levels; the column is accuracy on DDN's output, the
+  authors' quantity, with the success rate, the median l2 norm and the
+  accuracy at ``ddn_l2_budget`` beside it);
 - the textbook versions where they differ: ``fgsm`` (from x) and ``mifgsm``
   (decay 1.0);
 - AutoAttack's ``apgd_ce`` (100 steps) and ``apgd_t`` (100 steps, 9 targets);
@@ -101,7 +103,7 @@ CHECK_NAMES = ("iterative <= single-step", "accuracy falls with eps",
 SETTINGS = (
     "num_examples", "batch_size", "seed", "attacks", "progress", "eps",
     "step_size", "pgd_steps", "mifgsm_lfr_decay", "mifgsm_decay", "ddn_steps",
-    "ddn_l2_budget", "apgd_steps", "apgd_targets", "eps_sweep", "checks",
+    "ddn_levels", "ddn_l2_budget", "apgd_steps", "apgd_targets", "eps_sweep", "checks",
     "check_examples", "check_steps", "check_restarts", "large_eps",
     "large_eps_max_acc", "random_search_steps", "geometry",
     "geometry_examples", "surface_points", "surface_resolution",
@@ -252,6 +254,10 @@ def validate_settings(cfg) -> None:
   _num("mifgsm_lfr_decay", cfg["mifgsm_lfr_decay"], 0.0)
   _num("mifgsm_decay", cfg["mifgsm_decay"], 0.0)
   _num("ddn_l2_budget", cfg["ddn_l2_budget"], 0.0)
+  _int("ddn_levels", cfg["ddn_levels"], 0)
+  if cfg["ddn_levels"] == 1:
+    raise config_check.ConfigError(
+        "config.eval.ddn_levels must be 0 (no quantization) or >= 2, got 1.")
   _num("large_eps_max_acc", cfg["large_eps_max_acc"], 0.0, 1.0)
   _num("surface_extent", cfg["surface_extent"], 0.0)
   for key in ("checks", "geometry", "progress"):
@@ -377,6 +383,7 @@ def table_attacks(cfg) -> list[Attack]:
       cfg["pgd_steps"])
   kd, ka, nt = int(cfg["ddn_steps"]), int(cfg["apgd_steps"]), int(
       cfg["apgd_targets"])
+  levels = int(cfg["ddn_levels"]) or None
 
   def mifgsm(name, decay, source):
     label = "MI-FGSM (LFR)" if name == "mifgsm_lfr" else "MI-FGSM"
@@ -399,10 +406,13 @@ def table_attacks(cfg) -> list[Attack]:
                        f"eps {eps:g} ball")),
       "mifgsm_lfr": mifgsm("mifgsm_lfr", cfg["mifgsm_lfr_decay"], LFR),
       "ddn_lfr": Attack(
-          "ddn_lfr", f"DDN-{kd}", attacks.ddn, static=(("num_steps", kd),),
+          "ddn_lfr", f"DDN-{kd}", attacks.ddn,
+          static=(("num_steps", kd), ("levels", levels)),
           source=LFR, threat="l2",
           description=(f"l2, {kd} steps, gamma 0.05, init norm 1, no norm "
-                       f"bound; accuracy at l2 <= {cfg['ddn_l2_budget']:g}")),
+                       f"bound, {levels or 'no'} grey levels (advertorch "
+                       f"DDNL2Attack defaults); accuracy on its output, plus "
+                       f"accuracy at l2 <= {cfg['ddn_l2_budget']:g}")),
       "fgsm": Attack(
           "fgsm", "FGSM", attacks.fgsm, static=(("random_start", False),),
           dynamic=(("eps", eps),), source=TEXTBOOK,
@@ -662,7 +672,7 @@ class RowResult:
     y: (N,) labels.
     clean: (N,) bool, correct on clean inputs.
     robust: column name -> (N,) bool, correct clean and under the attack
-      (l_inf columns and "worst").
+      (every column and "worst"; for DDN, correct on its output).
     ddn_norms: (N,) l2 norms found by DDN (inf: none found), or None.
     sweep: attack name ("pgd", "apgd_ce") -> {eps: (N,) bool robust}.
     checks: the masking checks.
@@ -933,8 +943,7 @@ def _evaluate_row(model: Model, x: np.ndarray, y: np.ndarray, cfg,
     out = run(attack)
     if attack.threat == "l2":
       row.ddn_norms = out["norms"]
-    else:
-      row.robust[attack.name] = clean & (out["pred"] == y)
+    row.robust[attack.name] = clean & (out["pred"] == y)
   linf = [a.name for a in columns if a.threat == "linf"]
   if "worst" in parse_attacks(cfg["attacks"]) and linf:
     row.robust["worst"] = np.logical_and.reduce(
@@ -1454,14 +1463,14 @@ def metrics(row: RowResult, report: Report) -> dict[str, float]:
   out = {"clean": row.acc("clean")}
   budget = float(report.settings["ddn_l2_budget"])
   for attack in report.columns:
+    if attack.name in row.robust:
+      out[attack.name] = row.acc(attack.name)
     if attack.threat == "l2":
       if row.ddn_norms is not None:
         s = ddn_summary(row.ddn_norms, row.clean, budget)
         out.update({f"{attack.name}_success": s["success"],
                     f"{attack.name}_median_l2": s["median_l2"],
                     f"{attack.name}_acc_at_l2_{budget:g}": s["acc_at_budget"]})
-    else:
-      out[attack.name] = row.acc(attack.name)
   if "worst" in row.robust:
     out["worst"] = row.acc("worst")
   for name, by_eps in row.sweep.items():
@@ -1488,7 +1497,8 @@ def main_table(report: Report) -> str:
   header = ["checkpoint", "clean"]
   for attack in report.columns:
     if attack.threat == "l2":
-      header += [f"{attack.label} success", f"{attack.label} median L2",
+      header += [attack.label, f"{attack.label} success",
+                 f"{attack.label} median L2",
                  f"{attack.label} acc@L2<={budget:g}"]
     else:
       header.append(attack.label)
@@ -1501,7 +1511,7 @@ def main_table(report: Report) -> str:
       if attack.threat == "l2":
         s = ddn_summary(row.ddn_norms, row.clean, budget)
         median = s["median_l2"]
-        cells += [_fmt_pct(s["success"]),
+        cells += [_fmt_pct(row.acc(attack.name)), _fmt_pct(s["success"]),
                   "inf" if median == float("inf") else f"{median:.3f}",
                   _fmt_pct(s["acc_at_budget"])]
       else:

@@ -71,6 +71,9 @@ class TrainState:
     bad_step: first step (counted like ``step``, so update k gives step k)
       whose loss or gradient was NaN/Inf, or -1. Kept on the device and read
       only at logging intervals (no per-step host sync).
+    epoch_sums: running sums of :data:`EPOCH_METRICS` and the step count
+      ("steps") since the current epoch began. They live in the state, not on
+      the host, so a run resumed mid-epoch still reports whole-epoch means.
   """
   step: jax.Array
   params: Any
@@ -78,6 +81,13 @@ class TrainState:
   model_state: Any
   rng: jax.Array
   bad_step: jax.Array
+  epoch_sums: dict[str, jax.Array]
+
+
+# Step metrics averaged over each whole epoch (the "train_epoch" record): the
+# quantities published training logs report per epoch, e.g. the LFR authors'
+# mean regularizer and clean cross-entropy.
+EPOCH_METRICS = ("loss", "ce", "reg", "acc", "grad_norm")
 
 
 # ----------------------------------------------------------------------------
@@ -150,16 +160,17 @@ def create_train_state(net: models.Network, tx: optax.GradientTransformation,
   Returns:
     The :class:`TrainState`.
   """
+  zeros = {k: jnp.zeros((), jnp.float32) for k in (*EPOCH_METRICS, "steps")}
   return TrainState(step=jnp.asarray(0, jnp.int32), params=net.params,
                     opt_state=tx.init(net.params), model_state=net.state,
                     rng=jax.random.key_data(rng),
-                    bad_step=jnp.asarray(-1, jnp.int32))
+                    bad_step=jnp.asarray(-1, jnp.int32), epoch_sums=zeros)
 
 
 def make_train_step(objective: objectives.ObjectiveFn, graphdef: Any,
                     tx: optax.GradientTransformation, lr_fn: optax.Schedule,
                     eps_fn: Callable[[jax.Array], jax.Array],
-                    mesh: jax.sharding.Mesh
+                    mesh: jax.sharding.Mesh, steps_per_epoch: int = 0
                     ) -> Callable[[TrainState, jax.Array, jax.Array],
                                   tuple[TrainState, dict[str, jax.Array]]]:
   """The jitted update ``(state, x, y) -> (state, metrics)``.
@@ -175,6 +186,8 @@ def make_train_step(objective: objectives.ObjectiveFn, graphdef: Any,
     lr_fn: learning-rate schedule (for the metrics).
     eps_fn: training radius as a function of the traced step.
     mesh: the device mesh.
+    steps_per_epoch: ``state.epoch_sums`` restart at every multiple of it;
+      0 sums over the whole run.
 
   Returns:
     The jitted step.
@@ -199,10 +212,15 @@ def make_train_step(objective: objectives.ObjectiveFn, graphdef: Any,
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step + 1,
                          state.bad_step)
+    metrics = dict(metrics, grad_norm=grad_norm, lr=lr_fn(state.step), eps=eps)
+    new_epoch = (state.step % steps_per_epoch == 0) if steps_per_epoch else False
+    epoch_sums = {k: jnp.where(new_epoch, 0.0, v) + (
+        1.0 if k == "steps" else metrics[k].astype(jnp.float32))
+                  for k, v in state.epoch_sums.items()}
     new_state = TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state, model_state=model_state,
-                           rng=jax.random.key_data(rng), bad_step=bad_step)
-    metrics = dict(metrics, grad_norm=grad_norm, lr=lr_fn(state.step), eps=eps)
+                           rng=jax.random.key_data(rng), bad_step=bad_step,
+                           epoch_sums=epoch_sums)
     return new_state, metrics
 
   return jax.jit(step, in_shardings=(replicated, batch, batch),
@@ -269,6 +287,48 @@ def evaluate(eval_step, params, model_state, split: data.Split, *,
           "examples": int(count)}
 
 
+def make_clean_step(graphdef: Any, mesh: jax.sharding.Mesh
+                    ) -> Callable[..., dict[str, jax.Array]]:
+  """The jitted ``(params, model_state, x, y, mask) -> sums`` of clean accuracy.
+
+  Returns:
+    A function giving {"clean": correct clean, "count": n} for one batch.
+  """
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P("data"))
+
+  def step(params, model_state, x, y, mask):
+    net = models.Network(graphdef=graphdef, params=params, state=model_state)
+    clean = jnp.argmax(net.logits_fn()(x), -1) == y
+    return {"clean": jnp.sum(clean * mask), "count": jnp.sum(mask)}
+
+  return jax.jit(step, in_shardings=(replicated, replicated, batch, batch,
+                                     batch), out_shardings=replicated)
+
+
+def clean_accuracy(clean_step, params, model_state, split: data.Split, *,
+                   batch_size: int, num_examples: int, image_size: int,
+                   mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Clean accuracy on the first ``num_examples`` (0 = all) of ``split``.
+
+  Returns:
+    {"clean_acc", "examples"}.
+  """
+  sharding = NamedSharding(mesh, P("data"))
+  batches = data.eval_batches(split, batch_size=batch_size,
+                              num_examples=num_examples,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count(),
+                              image_size=image_size)
+  totals = [clean_step(params, model_state,
+                       *data.to_global(sharding, x, y, mask))
+            for x, y, mask in data.prefetch(batches)]
+  totals = jax.device_get(totals)
+  count = sum(float(t["count"]) for t in totals)
+  return {"clean_acc": (sum(float(t["clean"]) for t in totals) / count
+                        if count else float("nan")), "examples": int(count)}
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints and metrics
 
@@ -281,13 +341,22 @@ class Checkpoints:
   validation result so far.
   """
 
-  def __init__(self, workdir: str, keep: int, keep_best: bool):
+  def __init__(self, workdir: str, keep: int, keep_best: bool,
+               keep_steps: tuple[int, ...] = ()):
     # Synchronous saves: the train state is donated to the next step, so its
     # buffers must be on disk (or copied) before save() returns.
     options = dict(create=True, enable_async_checkpointing=False)
+    if keep_steps:
+      # The last `keep`, plus these steps for good (e.g. chosen epoch ends,
+      # evaluated later as points of a robustness-vs-compute curve).
+      policies = ocp.checkpoint_managers
+      latest = dict(preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(keep), policies.CustomSteps(list(keep_steps))]))
+    else:
+      latest = dict(max_to_keep=keep)
     self.latest = ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
+        options=ocp.CheckpointManagerOptions(**latest, **options))
     self.best = ocp.CheckpointManager(
         os.path.join(workdir, "best_checkpoint"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
@@ -307,13 +376,18 @@ class Checkpoints:
     if best and self.best is not None:
       self.best.save(step, args=self._args(state, meta))
 
-  def restore(self, abstract_state: TrainState, *, best: bool = False
+  def restore(self, abstract_state: TrainState, *, best: bool = False,
+              step: int | None = None
               ) -> tuple[TrainState, dict[str, Any]] | None:
-    """The latest (or best) checkpoint, or None when there is none."""
+    """The latest (or best, or the given step's) checkpoint, or None."""
     manager = self.best if best else self.latest
     if manager is None or manager.latest_step() is None:
       return None
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+    if step is None:
+      step = manager.latest_step()
+    elif step not in manager.all_steps():
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
@@ -446,12 +520,17 @@ class _Run:
     self.eval_key = jax.random.fold_in(root, 2)
     self.train_step = make_train_step(
         self.objective, self.graphdef, self.tx, self.lr_fn,
-        eps_schedule(config.inner, self.spe), self.mesh)
+        eps_schedule(config.inner, self.spe), self.mesh,
+        steps_per_epoch=self.spe)
     self.eval_step = make_eval_step(self.graphdef, config.eval, self.mesh)
+    self.clean_step = make_clean_step(self.graphdef, self.mesh)
 
   def open_workdir(self) -> None:
-    self.ckpt = Checkpoints(self.workdir, self.config.checkpoint.keep,
-                            self.config.checkpoint.keep_best)
+    ckpt_cfg = self.config.checkpoint
+    self.ckpt = Checkpoints(
+        self.workdir, ckpt_cfg.keep, ckpt_cfg.keep_best,
+        keep_steps=tuple(min(int(e) * self.spe, self.total_steps)
+                         for e in ckpt_cfg.keep_epochs))
     self.best = {"val_pgd_acc": -1.0, "step": -1, "epoch": -1}
     try:
       restored = self.ckpt.restore(_abstract(self.state))
@@ -587,6 +666,22 @@ class _Run:
     cfg = self.config
     epoch = (step - 1) // self.spe
     self.check_finite()
+    sums = jax.device_get(self.state.epoch_sums)
+    steps = max(float(sums["steps"]), 1.0)
+    means = {k: float(sums[k]) / steps for k in EPOCH_METRICS}
+    self.writer.write("train_epoch", step, step / self.spe,
+                      dict(means, steps=steps))
+    if cfg.eval.epoch_test_clean:
+      # Monitoring only, as in published training logs: model selection
+      # ("best") uses the validation split, never this.
+      result = clean_accuracy(
+          self.clean_step, self.state.params, self.state.model_state,
+          self.dataset.test, batch_size=cfg.eval.batch_size,
+          num_examples=0, image_size=cfg.data.image_size, mesh=self.mesh)
+      self.writer.write("test_clean", step, step / self.spe, result)
+      self.log("epoch %d: train mean CE %.4f, reg %.4g; test clean %.2f%% "
+               "(%d examples)", epoch + 1, means["ce"], means["reg"],
+               100 * result["clean_acc"], result["examples"])
     is_best = False
     every = cfg.eval.every_epochs
     if every and ((epoch + 1) % every == 0 or step == self.total_steps):

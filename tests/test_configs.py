@@ -23,7 +23,8 @@ PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     if not os.path.basename(p).startswith(("_", "common", "evaluate")))
 METHOD_OF = {"standard": "standard", "at": "pgd_at", "trades": "trades",
              "llr": "llr", "lfr": "lfr", "gradient_norm": "gradient_norm",
-             "decision_jacobian": "decision_jacobian"}
+             "decision_jacobian": "decision_jacobian",
+             "lfr_softplus": "lfr", "lfr_warmup": "lfr"}
 
 
 def load(name, arg=None):
@@ -48,7 +49,7 @@ def test_every_requested_preset_exists():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("arg", [None, "quick", "repro", "smoke"])
+@pytest.mark.parametrize("arg", [None, "quick", "repro", "curve", "smoke"])
 def test_presets_are_valid_values_only(name, arg):
   config = load(name, arg)
   config_check.validate(config)
@@ -72,6 +73,34 @@ def test_repro_is_one_protocol_for_every_mnist_row():
     if c.optim.name == "sgd":
       assert c.optim.lr == pytest.approx(0.05), name
   assert len({(c.eval.num_steps, c.eval.step_size) for c in configs.values()}) == 1
+
+
+def test_curve_is_repro_run_longer_keeping_its_points():
+  """The robustness-vs-compute curve compares methods at equal epochs."""
+  for name in [n for n in PRESETS if n.startswith("mnist_")]:
+    repro, curve = load(name, "repro"), load(name, "curve")
+    assert curve.train.num_epochs == common.CURVE_EPOCHS, name
+    assert curve.checkpoint.keep_epochs == common.CURVE_KEEP_EPOCHS, name
+    assert curve.optim.decay_epochs == pytest.approx(
+        tuple(e * common.CURVE_EPOCHS for e in repro.optim.decay_epochs)), name
+    assert curve.inner.warmup_epochs == pytest.approx(
+        repro.inner.warmup_epochs * common.CURVE_EPOCHS), name
+    for section in ("inner", "model", "data", "eval"):
+      a, b = repro[section].to_dict(), curve[section].to_dict()
+      a.pop("warmup_epochs", None), b.pop("warmup_epochs", None)
+      assert a == b, (name, section)
+
+
+def test_lfr_presets_follow_the_authors_model():
+  """The LFR authors trained SmallCNN without dropout (their recorded setup)."""
+  for name in ("mnist_lfr", "mnist_lfr_softplus", "mnist_lfr_warmup"):
+    for arg in (None, "repro", "curve"):
+      assert load(name, arg).model.dropout == 0.0, (name, arg)
+  assert load("mnist_lfr_softplus").model.activation == "softplus"
+  assert load("mnist_lfr_warmup", "curve").inner.warmup_epochs == pytest.approx(
+      0.75)
+  # The TRADES SmallCNN keeps its own default.
+  assert load("mnist_trades").model.dropout == 0.5
 
 
 @pytest.mark.parametrize("name", PRESETS)

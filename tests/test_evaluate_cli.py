@@ -130,9 +130,13 @@ def test_torch_checkpoint_row(smoke_run, tmp_path):
   _, models = evaluation.load_run(smoke_run)
   net = models[0].params
   path = tmp_path / "smallcnn.pt"
-  torch.save({k: torch.from_numpy(v.copy()) for k, v in
-              interop.export_torch_state_dict(net, "small_cnn").items()},
-             str(path))
+  # As the LFR authors published theirs: a training checkpoint with the
+  # DataParallel "module." prefix and the optimizer state beside the weights.
+  weights = {f"module.{k}": torch.from_numpy(v.copy()) for k, v in
+             interop.export_torch_state_dict(net, "small_cnn").items()}
+  sgd = torch.optim.SGD(list(weights.values()), lr=0.01, momentum=0.9)
+  torch.save({"epoch": 100, "state_dict": weights, "acc": 99.5,
+              "best_acc": 99.51, "optimizer": sgd.state_dict()}, str(path))
   proc = run_script("evaluate.py", f"--torch_checkpoint={path}",
                     "--model=small_cnn", f"--workdir={smoke_run}", SMOKE,
                     "--config.eval.attacks=pgd", "--config.eval.checks=False",

@@ -366,3 +366,31 @@ def test_unreadable_checkpoints(tmp_path):
   torch.save({"epoch": 3, "lr": 0.1}, metadata)
   with pytest.raises(ValueError, match="entry 'epoch' is a int, not a tensor"):
     interop.load_torch_state_dict(metadata)
+
+
+def test_published_training_checkpoint(tmp_path):
+  """A training checkpoint as the LFR authors published theirs loads as is.
+
+  ``torch.save({"epoch", "state_dict" (DataParallel "module." keys), "acc",
+  "best_acc", "optimizer" (SGD momentum buffers)}, "model_best.pth.tar")``.
+  """
+  torch = pytest.importorskip("torch")
+  tnet = _torch_net(torch, "small_cnn")
+  sgd = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+  for p in tnet.parameters():
+    p.grad = torch.full_like(p, 1e-3)
+  sgd.step()  # creates the momentum buffers, as after training
+  wrapped = {f"module.{k}": v for k, v in tnet.state_dict().items()}
+  path = tmp_path / "model_best.pth.tar"
+  torch.save({"epoch": 100, "state_dict": wrapped, "acc": 99.5,
+              "best_acc": 99.51, "optimizer": sgd.state_dict()}, path)
+  sd = interop.load_torch_state_dict(path)
+  assert sorted(sd) == sorted(tnet.state_dict())
+  net = interop.from_torch("small_cnn", sd, dropout=0.0)
+  x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
+  with torch.no_grad():
+    # A fresh copy: see test_matches_torch_forward on channels-last strides.
+    expected = tnet.eval()(torch.from_numpy(
+        x.transpose(0, 3, 1, 2).copy())).numpy()
+  np.testing.assert_allclose(np.asarray(net.logits_fn()(x)), expected,
+                             atol=1e-4)

@@ -90,6 +90,38 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert resumed["test_pgd_acc"] == pytest.approx(
       _records(straight)[-1]["pgd_acc"])
+  # Whole-epoch means live in the state: the interrupted epoch's record is
+  # the uninterrupted one's.
+  epochs = [[r for r in _records(w) if r["split"] == "train_epoch"]
+            for w in (straight, split)]
+  assert epochs[0] == epochs[1] and len(epochs[0]) == 2
+
+
+def test_epoch_records_and_kept_epoch_checkpoints(tmp_path):
+  """Per-epoch train means, per-epoch test clean accuracy, kept epoch ends."""
+  workdir = str(tmp_path / "lfr")
+  config = smoke("mnist_lfr", checkpoint__keep=1, checkpoint__keep_epochs=(1,),
+                 eval__epoch_test_clean=True)
+  training.train_and_evaluate(config, workdir)
+  records = _records(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  epochs = [r for r in records if r["split"] == "train_epoch"]
+  assert [r["step"] for r in epochs] == [4, 8]
+  # 4 steps per epoch logged in windows of 2: the epoch mean is the mean of
+  # its two window means.
+  for e in epochs:
+    windows = [r for r in train if e["step"] - 4 < r["step"] <= e["step"]]
+    assert len(windows) == 2 and e["steps"] == 4
+    for key in ("loss", "ce", "reg", "acc", "grad_norm"):
+      assert e[key] == pytest.approx(np.mean([w[key] for w in windows]),
+                                     rel=1e-5), key
+  clean = [r for r in records if r["split"] == "test_clean"]
+  assert [r["step"] for r in clean] == [4, 8]
+  assert all(r["examples"] == 10000 and 0 <= r["clean_acc"] <= 1 for r in clean)
+  # keep=1 keeps only the latest step, plus the end of epoch 1 for good.
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                if d.isdigit())
+  assert kept == [4, 8]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
