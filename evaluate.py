@@ -9,9 +9,11 @@ Usage::
     python evaluate.py --torch_checkpoint=trades_smallcnn.pt --model=small_cnn
     python evaluate.py --workdir=runs/mnist_lfr \\
         --config.eval.attacks=pgd,apgd_ce,worst --config.eval.geometry=False
+    python evaluate.py --workdir=runs/curve/lfr_s0 --checkpoint=epoch:2
 
 Rows are the final checkpoint of each workdir and its best one (by validation
-PGD accuracy) when that is another step, plus each PyTorch state_dict (row
+PGD accuracy) when that is another step (``--checkpoint`` picks one of them,
+or a kept epoch end or step instead), plus each PyTorch state_dict (row
 label: its file name; ``--model_kwargs='{"depth": 34, "width": 10}'`` for a
 WideResNet). ``--config`` defaults to configs/evaluate.py; override any field
 with ``--config.eval.<field>=value``.
@@ -68,10 +70,12 @@ _MODEL_KWARGS = flags.DEFINE_string(
 _DATASET = flags.DEFINE_string(
     "dataset", "", "Test data of PyTorch checkpoints given without a workdir "
     "(default: mnist for small_cnn, cifar10 for wide_resnet).")
-_CHECKPOINT = flags.DEFINE_enum(
-    "checkpoint", "both", ["both", "final", "best"], "Which checkpoint of "
-    "each workdir to evaluate: the final one, the best one (by validation PGD "
-    "accuracy), or both when they differ.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "both", "Which checkpoint of each workdir to evaluate: "
+    "'final', 'best' (by validation PGD accuracy), 'both' when they differ, "
+    "'epoch:N' (the end of epoch N, kept with config.checkpoint.keep_epochs) "
+    "or 'step:N'.")
+CHECKPOINT_CHOICES = ("both", "final", "best")
 _OUT = flags.DEFINE_string(
     "out", None, "Output folder (default: <first workdir>/eval).")
 
@@ -95,8 +99,26 @@ def _prefixes(workdirs: list[str]) -> list[str]:
   return [f"{n}: " for n in names]
 
 
+def parse_checkpoint(value: str) -> tuple[str, int] | str:
+  """``--checkpoint``: "both"/"final"/"best", or ("epoch"|"step", N).
+
+  Raises:
+    EvalError: anything else, in one line.
+  """
+  if value in CHECKPOINT_CHOICES:
+    return value
+  kind, _, number = value.partition(":")
+  if kind in ("epoch", "step") and number.isdigit() and (
+      int(number) > 0 or kind == "step"):
+    return kind, int(number)
+  raise evaluation.EvalError(
+      f"--checkpoint {value!r} is unknown; valid: both, final, best, "
+      f"epoch:N (N >= 1), step:N.")
+
+
 def check_inputs() -> None:
   """The cheap checks of the flags, before anything is loaded."""
+  parse_checkpoint(_CHECKPOINT.value)
   if not _WORKDIR.value and not _TORCH.value:
     raise evaluation.EvalError(
         "nothing to evaluate: give --workdir=DIR[,DIR2,...] and/or "
@@ -131,9 +153,13 @@ def load_models():
   workdirs, torch_files = list(_WORKDIR.value), list(_TORCH.value)
   kwargs = _model_kwargs() if torch_files else {}
   models, data_cfg = [], None
+  which = parse_checkpoint(_CHECKPOINT.value)
   for workdir, prefix in zip(workdirs, _prefixes(workdirs)):
-    config, rows = evaluation.load_run(workdir, prefix=prefix)
-    rows = select_checkpoints(rows, _CHECKPOINT.value)
+    if isinstance(which, tuple):
+      config, rows = evaluation.load_run(workdir, prefix=prefix, at=which)
+    else:
+      config, rows = evaluation.load_run(workdir, prefix=prefix)
+      rows = select_checkpoints(rows, which)
     key = (config.data.name, int(config.data.get("image_size", 0) or 0))
     if data_cfg is not None and key != (data_cfg.name,
                                         int(data_cfg.get("image_size", 0) or 0)):

@@ -1293,17 +1293,43 @@ def load_run_config(workdir: str):
     raise EvalError(f"cannot read {cfg_path}: {_one_line(e)}.") from None
 
 
-def load_run(workdir: str, *, prefix: str = "") -> tuple[Any, list[Model]]:
+def resolve_checkpoint(workdir: str, at: tuple[str, int]) -> int:
+  """The saved step that ``("epoch", N)`` or ``("step", N)`` names.
+
+  Epoch N is the checkpoint written at the end of epoch N (step N times the
+  run's steps per epoch); runs keep chosen epoch ends with
+  ``config.checkpoint.keep_epochs``.
+
+  Raises:
+    EvalError: no such saved checkpoint (the message lists those there are).
+  """
+  from lfr_jax import training  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.expanduser(workdir))
+  steps, spe = training.checkpoint_steps(path)
+  kind, n = at
+  step = n * spe if kind == "epoch" and spe else n
+  if step not in steps:
+    have = ", ".join(f"step {s}" + (f" (epoch {s // spe})" if spe and
+                                   s % spe == 0 else "") for s in steps)
+    raise EvalError(f"{path}/checkpoints holds no checkpoint for {kind} {n}"
+                    f"; it holds: {have or 'none'}.")
+  return step
+
+
+def load_run(workdir: str, *, prefix: str = "",
+             at: tuple[str, int] | None = None) -> tuple[Any, list[Model]]:
   """The final checkpoint of a run, and its best one if it differs.
 
   Args:
     workdir: a workdir written by ``training.train_and_evaluate``.
     prefix: prepended to the row labels (to tell several runs apart).
+    at: ``("epoch", N)`` or ``("step", N)``: that saved checkpoint alone
+      instead (see :func:`resolve_checkpoint`).
 
   Returns:
     (training config, models): "final (step S)" and, when the best
     checkpoint (by validation PGD accuracy) is another step,
-    "best (step S)".
+    "best (step S)"; with ``at``, one row "epoch N (step S)" or "step S".
 
   Raises:
     EvalError: no workdir, config, or checkpoint, or one that cannot be read.
@@ -1322,6 +1348,22 @@ def load_run(workdir: str, *, prefix: str = "") -> tuple[Any, list[Model]]:
   except Exception as e:  # pylint: disable=broad-except
     raise EvalError(f"{path}/config.json describes no model this code can "
                     f"build: {_one_line(e)}") from None
+  if at is not None:
+    step = resolve_checkpoint(path, at)
+    try:
+      state, _ = training.load_checkpoint(config, path, step=step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise EvalError(f"cannot read step {step} in {path}/checkpoints "
+                      f"(corrupt or written by another config): "
+                      f"{type(e).__name__}: {_one_line(e)}") from None
+    label = f"{at[0]} {at[1]} (step {step})" if at[0] == "epoch" else (
+        f"step {step}")
+    network = models.Network(graphdef=net.graphdef, params=state.params,
+                             state=state.model_state)
+    return config, [Model.from_network(
+        f"{prefix}{label}", network, source="workdir", workdir=path,
+        checkpoint=label, step=step, method=str(config.get("method", "")),
+        model=str(config.model.name))]
   out = []
   final_step = None
   for best in (False, True):

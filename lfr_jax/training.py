@@ -392,6 +392,17 @@ class Checkpoints:
         meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
+  def steps(self, *, best: bool = False) -> list[int]:
+    """The saved steps, oldest first."""
+    manager = self.best if best else self.latest
+    return sorted(manager.all_steps()) if manager is not None else []
+
+  def meta(self, step: int, *, best: bool = False) -> dict[str, Any]:
+    """The JSON record saved with a step (data position, best so far)."""
+    manager = self.best if best else self.latest
+    return manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
   def close(self) -> None:
     for manager in (self.latest, self.best):
       if manager is not None:
@@ -436,6 +447,45 @@ def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, float]:
   host = jax.device_get(window)
   return {k: float(host[-1][k] if k in _LAST_VALUE else
                    np.mean([m[k] for m in host])) for k in host[0]}
+
+
+# A constant classifier (the optimum of some over-weighted regularizers, e.g.
+# LLR at CIFAR-10's weights on MNIST at eps 0.3) is flagged when, over a whole
+# logging window, its clean logits vary over the batch by less than
+# COLLAPSE_SPREAD (mean per-class std, in nats: predicted probabilities then
+# change by a few percent at most between inputs) and its train accuracy does
+# not beat the majority-class rate by more than COLLAPSE_ACC_SLACK.
+COLLAPSE_SPREAD = 0.05
+COLLAPSE_ACC_SLACK = 0.01
+
+
+def is_constant_classifier(mean: dict[str, float]) -> bool:
+  """Whether a logging window's mean metrics describe a constant classifier.
+
+  Args:
+    mean: window means with "acc", "logit_spread" and "majority" (see
+      ``objectives.collapse_metrics``); objectives without the last two are
+      never flagged.
+
+  Returns:
+    True when the logit spread is below COLLAPSE_SPREAD and the accuracy at
+    most COLLAPSE_ACC_SLACK above the majority-class rate.
+  """
+  if "logit_spread" not in mean or "majority" not in mean:
+    return False
+  return (mean["logit_spread"] < COLLAPSE_SPREAD and
+          mean["acc"] <= mean["majority"] + COLLAPSE_ACC_SLACK)
+
+
+def collapse_message(step: int, window_steps: int, mean: dict[str, float]
+                     ) -> str:
+  """The one-line warning for a window flagged by :func:`is_constant_classifier`."""
+  return (f"step {step}: the model is a constant classifier (train accuracy "
+          f"{100 * mean['acc']:.1f}% vs majority-class rate "
+          f"{100 * mean['majority']:.1f}%, logit spread "
+          f"{mean['logit_spread']:.2g} over the last {window_steps} steps); "
+          f"its robust accuracy would be the majority-class rate, not "
+          f"robustness. Lower the regularizer weight (or use eps warm-up).")
 
 
 # ----------------------------------------------------------------------------
@@ -494,6 +544,10 @@ class _Run:
     self.workdir = workdir
     self.is_chief = jax.process_index() == 0
     self.t0 = time.time()
+    # First step flagged by check_collapse (-1: never), and whether the last
+    # full logging window was flagged.
+    self.collapse_step = -1
+    self.collapsed_at_end = False
 
   # Everything that can fail on a user mistake happens here, before any write.
   def prepare(self) -> None:
@@ -576,14 +630,30 @@ class _Run:
           f"{(bad - 1) // self.spe + 1}); stopped without saving it; {kept}. Lower "
           f"config.optim.lr or the regularizer weight.")
 
-  def log(self, message: str, *args) -> None:
-    """logging.info without tearing the progress bar."""
+  def log(self, message: str, *args, level: int = logging.INFO) -> None:
+    """logging.log without tearing the progress bar."""
     bar = getattr(self, "bar", None)
     if bar is None or bar.disable:
-      logging.info(message, *args)
+      logging.log(level, message, *args)
       return
     with bar.external_write_mode():
-      logging.info(message, *args)
+      logging.log(level, message, *args)
+
+  def check_collapse(self, step: int, window_steps: int,
+                     mean: dict[str, float]) -> None:
+    """Warns once per call when a full logging window shows a constant classifier.
+
+    The first window is skipped: a network whose last layer starts at zero
+    (SmallCNN, TRADES' init) is constant at step 0 without having collapsed.
+    """
+    full = window_steps == self.config.log.every_steps
+    flagged = full and step > window_steps and is_constant_classifier(mean)
+    if flagged and self.collapse_step < 0:
+      self.collapse_step = step
+      self.log("%s", collapse_message(step, window_steps, mean),
+               level=logging.WARNING)
+    if full:
+      self.collapsed_at_end = flagged
 
   def validate_epoch(self, epoch: int, step: int) -> dict[str, float]:
     cfg = self.config
@@ -642,6 +712,7 @@ class _Run:
           if step % cfg.log.every_steps == 0 or epoch_end or step == stop_at:
             self.check_finite()
             mean = _mean_metrics(window)
+            self.check_collapse(step, window_steps, mean)
             elapsed = time.time() - window_start
             mean["examples_per_sec"] = window_steps * batch / max(elapsed, 1e-9)
             self.writer.write("train", step, step / self.spe, mean)
@@ -718,14 +789,16 @@ class _Run:
       self.writer.close()
 
 
-def load_checkpoint(config, workdir: str, *, best: bool = False
+def load_checkpoint(config, workdir: str, *, best: bool = False,
+                    step: int | None = None
                     ) -> tuple[TrainState, dict[str, Any]]:
-  """Restores the latest (or best) train state of a run, e.g. for evaluation.
+  """Restores the latest (or best, or one step's) train state of a run.
 
   Args:
     config: the run's config (its model and optimizer give the structure).
     workdir: the run's workdir.
     best: restore the best checkpoint by validation PGD accuracy instead.
+    step: restore this saved step of ``checkpoints/`` instead of the latest.
 
   Returns:
     (state, meta); ``models.Network(graphdef, state.params, state.model_state)``
@@ -743,12 +816,29 @@ def load_checkpoint(config, workdir: str, *, best: bool = False
                          NamedSharding(mesh, P()))
   ckpt = Checkpoints(os.path.abspath(workdir), 1, True)
   try:
-    restored = ckpt.restore(_abstract(state), best=best)
+    restored = ckpt.restore(_abstract(state), best=best, step=step)
   finally:
     ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {workdir}")
+    what = f"step {step}" if step is not None else "best" if best else "any"
+    raise FileNotFoundError(f"no checkpoint ({what}) in {workdir}")
   return restored
+
+
+def checkpoint_steps(workdir: str) -> tuple[list[int], int | None]:
+  """The saved steps of ``checkpoints/`` and the run's steps per epoch.
+
+  Returns:
+    (steps oldest first, steps per epoch from the latest one's record, or
+    None when there is no checkpoint).
+  """
+  ckpt = Checkpoints(os.path.abspath(workdir), 1, False)
+  try:
+    steps = ckpt.steps()
+    spe = int(ckpt.meta(steps[-1])["steps_per_epoch"]) if steps else None
+  finally:
+    ckpt.close()
+  return steps, spe
 
 
 # What a workdir of ours holds; anything else there means a wrong --workdir.
@@ -803,7 +893,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ``train.max_steps``), "best_val" and, when completed, "test_clean_acc",
     "test_pgd_acc", "test_examples", plus "seconds" (this call's wall time)
     and "seconds_total" (summed over every call that wrote a summary in
-    ``workdir``; a call killed before its summary is not counted).
+    ``workdir``; a call killed before its summary is not counted), and
+    "collapse_step" (the first step whose logging window showed a constant
+    classifier in this call, -1 if none) and "collapsed_at_end" (whether the
+    last full window did: such a run has no robustness to report).
 
   Raises:
     config_check.ConfigError: invalid config.
@@ -830,7 +923,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     summary = {"method": config.method, "model": config.model.name,
                "dataset": config.data.name, "step": step,
                "epochs": step / run.spe, "completed": completed,
-               "best_val": run.best}
+               "best_val": run.best, "collapse_step": run.collapse_step,
+               "collapsed_at_end": run.collapsed_at_end}
     if completed:
       summary.update(run.test())
     summary["seconds"] = time.time() - run.t0
@@ -847,7 +941,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 
 def summary_line(summary: dict[str, Any], config) -> str:
-  """One line: method, steps, test clean / PGD accuracy, best validation, time."""
+  """One line: method, steps, test clean / PGD accuracy, best validation, time,
+  and CONSTANT CLASSIFIER when the last logging window was one."""
   head = (f"{summary['method']} {summary['model']} on {summary['dataset']}: "
           f"step {summary['step']} ({summary['epochs']:.2f} epochs)")
   if not summary["completed"]:
@@ -858,4 +953,5 @@ def summary_line(summary: dict[str, Any], config) -> str:
   return (f"{head}, test clean {100 * summary['test_clean_acc']:.2f}%, "
           f"{_pgd_label(config.eval)} {100 * summary['test_pgd_acc']:.2f}% "
           f"({summary['test_examples']} examples, {summary['test_checkpoint']})"
-          f"{best_text}, {summary['seconds']:.0f} s")
+          f"{best_text}, {summary['seconds']:.0f} s"
+          f"{', CONSTANT CLASSIFIER' if summary.get('collapsed_at_end') else ''}")

@@ -96,6 +96,13 @@ BAD_INPUTS = {
     "missing_torch_file": (lambda run, tmp: [
         f"--torch_checkpoint={tmp}/nope.pt", "--model=small_cnn"],
                            "nope.pt does not exist"),
+    "unknown_checkpoint_choice": (lambda run, tmp: [
+        f"--workdir={run}", "--checkpoint=epok:2"],
+                                  "--checkpoint 'epok:2' is unknown"),
+    "epoch_not_kept": (lambda run, tmp: [
+        f"--workdir={run}", "--checkpoint=epoch:7"],
+                       "holds no checkpoint for epoch 7; it holds: step 4 "
+                       "(epoch 1), step 8 (epoch 2)."),
 }
 
 
@@ -184,6 +191,38 @@ def test_checkpoint_flag_selects_rows():
   same = [types.SimpleNamespace(info={"checkpoint": "final = best"})]
   assert evaluate.select_checkpoints(same, "best") == same
   assert evaluate.select_checkpoints(same, "final") == same
+
+
+def test_parse_checkpoint():
+  import evaluate
+  from lfr_jax import evaluation
+  assert evaluate.parse_checkpoint("best") == "best"
+  assert evaluate.parse_checkpoint("epoch:5") == ("epoch", 5)
+  assert evaluate.parse_checkpoint("step:0") == ("step", 0)
+  for bad in ("epoch:0", "epoch:", "epoch:x", "last", "step:-1"):
+    with pytest.raises(evaluation.EvalError, match="is unknown"):
+      evaluate.parse_checkpoint(bad)
+
+
+def test_kept_epoch_checkpoints_load_by_epoch(tmp_path):
+  """Rows of kept epoch ends: the right parameters, nothing deleted."""
+  import jax
+  import numpy as np
+  from configs import mnist_standard
+  from lfr_jax import evaluation, training
+  config = mnist_standard.get_config("smoke")
+  config.checkpoint.keep, config.checkpoint.keep_epochs = 1, (1,)
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(config, workdir)
+  _, rows = evaluation.load_run(workdir, at=("epoch", 1))
+  assert [r.label for r in rows] == ["epoch 1 (step 4)"]
+  state, _ = training.load_checkpoint(config, workdir, step=4)
+  for a, b in zip(jax.tree.leaves(rows[0].params.params),
+                  jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  _, rows = evaluation.load_run(workdir, at=("step", 8))
+  assert [r.label for r in rows] == ["step 8"]
+  assert training.checkpoint_steps(workdir) == ([4, 8], 4)
 
 
 def test_evaluate_final_checkpoint_only(smoke_run, tmp_path):
