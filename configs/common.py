@@ -98,6 +98,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "num_epochs": 100.0,
       "max_steps": 0,            # stop (and checkpoint) at this step; 0 = off
+      # Stop (and checkpoint) after this many epochs of the schedule above;
+      # 0 = off. Rerun with a larger value to go on, as with max_steps.
+      "max_epochs": 0.0,
   })
   c.eval = ml_collections.ConfigDict({
       "every_epochs": 1,

@@ -189,6 +189,7 @@ def _check_optim(config) -> None:
     raise ConfigError(f"config.optim.decay_epochs must increase, got {epochs}.")
   _number("train.num_epochs", config.train.num_epochs, lo=0, lo_open=True)
   _integer("train.max_steps", config.train.max_steps, lo=0)
+  _number("train.max_epochs", config.train.max_epochs, lo=0)
 
 
 def _check_eval(config) -> None:

@@ -679,10 +679,11 @@ class _Run:
       yield data.to_global(self.batch_sharding, x, y)
 
   def train(self) -> bool:
-    """Runs the remaining steps; False when stopped early by max_steps."""
+    """Runs the remaining steps; False when stopped early (max_steps/epochs)."""
     cfg = self.config
     step = int(jax.device_get(self.state.step))
-    stop_at = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+    stop_at = min(self.total_steps, cfg.train.max_steps or self.total_steps,
+                  math.ceil(cfg.train.max_epochs * self.spe) or self.total_steps)
     if step >= stop_at:
       return step >= self.total_steps
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -890,7 +891,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Returns:
     A summary: "method", "step", "epochs", "completed" (False when stopped by
-    ``train.max_steps``), "best_val" and, when completed, "test_clean_acc",
+    ``train.max_steps`` or ``train.max_epochs``), "best_val" and, when completed, "test_clean_acc",
     "test_pgd_acc", "test_examples", plus "seconds" (this call's wall time)
     and "seconds_total" (summed over every call that wrote a summary in
     ``workdir``; a call killed before its summary is not counted), and
@@ -946,7 +947,8 @@ def summary_line(summary: dict[str, Any], config) -> str:
   head = (f"{summary['method']} {summary['model']} on {summary['dataset']}: "
           f"step {summary['step']} ({summary['epochs']:.2f} epochs)")
   if not summary["completed"]:
-    return f"{head}, stopped at train.max_steps; rerun to resume."
+    return (f"{head}, stopped at train.max_steps/max_epochs; rerun (with a "
+            f"larger one) to resume.")
   best = summary["best_val"]
   best_text = (f", best val PGD {100 * best['val_pgd_acc']:.2f}% at epoch "
                f"{best['epoch']}" if best.get("step", -1) >= 0 else "")

@@ -266,3 +266,14 @@ def test_quick_lfr_learns(tmp_path):
   summary = training.train_and_evaluate(module.get_config("quick"),
                                         str(tmp_path / "quick"))
   assert summary["test_clean_acc"] > 0.8
+
+
+def test_max_epochs_stops_at_an_epoch_end_and_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  stopped = training.train_and_evaluate(
+      smoke("mnist_standard", train__max_epochs=1.0), workdir)
+  assert not stopped["completed"] and stopped["step"] == 4  # 4 steps/epoch
+  assert "test_clean_acc" not in stopped
+  done = training.train_and_evaluate(
+      smoke("mnist_standard", train__max_epochs=5.0), workdir)
+  assert done["completed"] and done["step"] == 8  # capped by num_epochs
