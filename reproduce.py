@@ -343,7 +343,10 @@ PAPER_COLUMNS = (("clean", "Clean"), ("fgsm_lfr", "FGSM"), ("pgd", "PGD-40"),
 # Our extra columns.
 EXTRA_COLUMNS = (("apgd_ce", "APGD-CE"), ("apgd_t", "APGD-T"),
                  ("worst", "worst case"))
-DDN_KEY = "ddn_lfr_acc_at_l2_2"
+# The authors' DDN quantity: accuracy on the output of advertorch's
+# DDNL2Attack(nb_iter=20), i.e. 1 - its success rate over all points.
+DDN_KEY = "ddn_lfr"
+DDN_BUDGET_KEY = "ddn_lfr_acc_at_l2_2"
 
 
 def load_results(results_dir: str) -> dict[str, dict]:
@@ -371,6 +374,15 @@ def row_metrics(entry: dict) -> dict[str, float]:
                                  "worst") if m.get(k) is not None}
   if m.get(DDN_KEY) is not None:
     out["ddn"] = 100 * m[DDN_KEY]
+  elif m.get("ddn_lfr_success") is not None and m.get("clean") is not None:
+    # Evaluations before the DDN column held this quantity: a point survives
+    # when it is correct and DDN found nothing, so it is exactly
+    # clean x (1 - success over the correct points). Their DDN ran without
+    # the 256-level rounding and with the step schedule one step earlier.
+    out["ddn"] = 100 * m["clean"] * (1 - m["ddn_lfr_success"])
+    out["ddn_unquantized"] = 1.0
+  if m.get(DDN_BUDGET_KEY) is not None:
+    out["ddn_at_budget"] = 100 * m[DDN_BUDGET_KEY]
   if m.get("ddn_lfr_median_l2") is not None:
     # JSON writes a never-reached median (DDN broke under half) as "inf".
     out["ddn_median_l2"] = float(m["ddn_lfr_median_l2"])
@@ -389,8 +401,13 @@ def _cell(values: list[float]) -> str:
   return f"{mean:.2f}" + (f" ± {spread:.2f}" if len(values) > 1 else "")
 
 
-def side_by_side(results: dict) -> list[str]:
-  """The paper's Table 1 and ours, cell by cell (ours − paper)."""
+def side_by_side(results: dict, authors: dict | None = None) -> list[str]:
+  """The paper's Table 1 and ours, cell by cell (ours − paper).
+
+  Args:
+    results: :func:`load_results`.
+    authors: :func:`load_authors_model`, drawn below the LFR row.
+  """
   header = ["defence", "seeds"] + [
       f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS] + [
           f"{label} (ours; not in the paper)" for _, label in EXTRA_COLUMNS]
@@ -402,9 +419,11 @@ def side_by_side(results: dict) -> list[str]:
     cells = [paper_row, str(len(runs))]
     for key, _ in PAPER_COLUMNS:
       ours = [row_metrics(e)[key] for e in runs if key in row_metrics(e)]
+      dagger = "†" if key == "ddn" and any(
+          "ddn_unquantized" in row_metrics(e) for e in runs) else ""
       if ours:
         mean, _ = _mean_spread(ours)
-        cells.append(f"{_cell(ours)} / {paper[key]:.2f} / "
+        cells.append(f"{_cell(ours)}{dagger} / {paper[key]:.2f} / "
                      f"{mean - paper[key]:+.2f}")
       else:
         cells.append(f"not run / {paper[key]:.2f} / –")
@@ -412,7 +431,28 @@ def side_by_side(results: dict) -> list[str]:
       cells.append(_cell([row_metrics(e)[key] for e in runs
                           if key in row_metrics(e)]))
     lines.append("| " + " | ".join(cells) + " |")
+    if paper_row == "LFR" and authors is not None:
+      lines.append(_authors_row(authors, paper))
   return lines
+
+
+def _authors_row(entry: dict, paper: dict) -> str:
+  """The LFR authors' published model, against the paper's LFR row."""
+  m = row_metrics(entry)
+  cells = ["LFR, authors' 100-epoch model", "1"]
+  for key, _ in PAPER_COLUMNS:
+    cells.append(f"{m[key]:.2f} / {paper[key]:.2f} / {m[key] - paper[key]:+.2f}"
+                 if key in m else "–")
+  cells += [f"{m[key]:.2f}" if key in m else "–" for key, _ in EXTRA_COLUMNS]
+  return "| " + " | ".join(cells) + " |"
+
+
+def load_authors_model(results_dir: str) -> dict | None:
+  """The published model's evaluation (docs/results/curve/), or None."""
+  from tools import curve  # pylint: disable=g-import-not-at-top
+  path = os.path.join(results_dir, "curve", curve.AUTHORS_MODEL,
+                      "robustness.json")
+  return {"eval": _load(path)} if os.path.isfile(path) else None
 
 
 def full_table(results: dict, results_dir: str) -> list[str]:
@@ -420,7 +460,8 @@ def full_table(results: dict, results_dir: str) -> list[str]:
   cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
                           ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
   header = (["run", "defence", "seed"] + [label for _, label in cols]
-            + ["DDN median L2", "train: test clean / PGD-20 (1,000)",
+            + ["DDN median L2", "DDN acc@L2≤2",
+               "train: test clean / PGD-20 (1,000)",
                "train s", "eval s"])
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
@@ -439,6 +480,7 @@ def full_table(results: dict, results_dir: str) -> list[str]:
     median = m.get("ddn_median_l2")
     cells.append("–" if median is None else "inf" if median == float("inf")
                  else f"{median:.3f}")
+    cells.append(f"{m['ddn_at_budget']:.2f}" if "ddn_at_budget" in m else "–")
     cells.append(_train_cell(entry.get("train", {})))
     cells.append(_seconds(_train_seconds(entry.get("train", {}))))
     cells.append(_seconds(entry.get("command", {}).get("seconds")))
@@ -531,7 +573,9 @@ def _protocol_text(results: dict) -> list[str]:
         f"every attack at its full settings: PGD-{s['pgd_steps']} (step "
         f"{s['step_size']:g}, uniform start), FGSM and MI-FGSM (decay "
         f"{s['mifgsm_lfr_decay']:g}) as the LFR authors ran them, DDN-"
-        f"{s['ddn_steps']} (accuracy at ‖δ‖₂ ≤ {s['ddn_l2_budget']:g}), "
+        f"{s['ddn_steps']} (advertorch's defaults, no norm bound: accuracy "
+        f"on its output; also the median ‖δ‖₂ and accuracy at ‖δ‖₂ ≤ "
+        f"{s['ddn_l2_budget']:g}), "
         f"APGD-CE and APGD-T ({s['apgd_steps']} steps, "
         f"{s['apgd_targets']} targets), and the per-example worst case over "
         f"all ℓ∞ attacks. Masking checks on the first "
@@ -597,15 +641,30 @@ def render(results_dir: str) -> str:
   out += ["```", "", "## Headline", "", headline(results), "",
           "## The paper's Table 1 and ours, cell by cell", "",
           "Accuracy in %: ours (mean ± half-range over seeds) / the paper / "
-          "ours − paper. The paper's DDN column is read as accuracy under "
-          "DDN at ‖δ‖₂ ≤ 2 (the paper does not state its budget).", ""]
-  out += side_by_side(results)
+          "ours − paper. DDN is what the authors' evaluation script "
+          "measures: accuracy on the output of advertorch's "
+          "`DDNL2Attack(nb_iter=20)` with its defaults (init norm 1, γ 0.05, "
+          "256 grey levels, no norm bound; 20 steps reach at most "
+          "‖δ‖₂ = 1.05²⁰ ≈ 2.65), i.e. 1 − its success rate over all points. "
+          "Cells marked † come from evaluations that ran DDN without the "
+          "256-level rounding and with its step schedule one step earlier; "
+          "their value is clean × (1 − success), exact for that attack.", ""]
+  authors = load_authors_model(results_dir)
+  out += side_by_side(results, authors)
+  if authors is not None:
+    n = authors["eval"]["rows"][0]["examples"]
+    out += ["", f"The authors' model is evaluated on the first {n} test "
+            "images (the other rows on 300); its section below gives the "
+            "intervals and masking checks."]
   out += ["", "## Every run, every column", "",
           "Accuracy in %; train s is the wall time of training including its "
           "validation, eval s that of `evaluate.py`.", ""]
   out += full_table(results, results_dir)
   out += ["", "## Gradient-masking checks", ""]
   out += check_lines(results) or ["(no row evaluated yet)"]
+  from tools import curve_report  # pylint: disable=g-import-not-at-top
+  out += [""] + curve_report.sections(os.path.join(results_dir, "curve"),
+                                      PAPER["LFR"])
   out += ["", "## Reading", "", reading, ""]
   figs = os.path.join(results_dir, "figures")
   if os.path.isdir(figs):

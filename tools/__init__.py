@@ -1,0 +1,1 @@
+"""Maintainer tools: reproductions, studies and checks run from the repository root."""

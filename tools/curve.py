@@ -1,0 +1,357 @@
+"""Robust accuracy against training compute, and LFR in our loop.
+
+Three studies of whether LFR trains robust models in this library, each a
+stage list over runs under ``--workdir`` (default ``runs/curve``):
+
+- **The compute curve**: every row of :data:`ROWS` trains with its preset's
+  ``:curve`` variant (``configs/common.py``: the ``:repro`` protocol, K = 10
+  steps of 0.075, lr 0.05, seed 0, run for 5 epochs), keeping the checkpoints
+  after epochs 1, 2 and 5; ``evaluate.py`` judges each on the first 500 test
+  images with every attack at full settings and the worst case (masking
+  checks and geometry on the last epoch only).
+- **The authors' published model** (``--authors_checkpoint``, the LFR
+  authors' ``model_best.pth.tar``) through the same evaluation, on the first
+  1,000 test images, with the masking checks.
+- **LFR at the authors' exact settings** (``configs/mnist_lfr.py``: K = 40,
+  step 0.01, SGD lr 0.01, batch 128, lambda 0.02, no dropout), trained for
+  ``--authors_epochs`` epochs of its 100-epoch schedule, logging per epoch the
+  mean regularizer at x_worst and clean CE over the training steps and clean
+  accuracy on the full test set.
+
+``bench`` times one training step of every row's config, interleaved in one
+process, for the compute axis; ``collect`` copies the small results into
+``docs/results/curve/``, from which ``reproduce.py --stages=report`` writes
+the sections of ``docs/RESULTS.md``. Every stage skips what is done and
+training resumes from its checkpoints::
+
+    python tools/curve.py --workdir=runs/curve --authors_checkpoint=model_best.pth.tar
+    python tools/curve.py --stages=train,eval --rows=lfr_s0,trades_s0
+    python tools/curve.py --stages=collect
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+RESULTS_DIR = os.path.join(REPO, "docs", "results", "curve")
+PROG = "tools/curve.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveRow:
+  """One method trained for the compute curve."""
+  name: str      # workdir name under --workdir
+  preset: str    # configs/<preset>.py, run with its :curve variant
+  label: str     # legend and table label
+
+
+ROWS = (
+    CurveRow("lfr_s0", "mnist_lfr", "LFR (λ=0.02)"),
+    CurveRow("trades_s0", "mnist_trades", "TRADES (β=1)"),
+    CurveRow("at_s0", "mnist_at", "AT (PGD-AT)"),
+    CurveRow("lfr_softplus_s0", "mnist_lfr_softplus", "LFR, softplus SmallCNN"),
+    CurveRow("lfr_warmup_s0", "mnist_lfr_warmup", "LFR, ε warm-up"),
+    CurveRow("llr_s0", "mnist_llr", "LLR"),
+)
+ROW_NAMES = tuple(r.name for r in ROWS)
+EPOCHS = common.CURVE_KEEP_EPOCHS
+EVAL_EXAMPLES = 500
+AUTHORS_MODEL = "authors_model"          # eval folder of the published model
+AUTHORS_MODEL_EXAMPLES = 1000
+AUTHORS_SETTINGS = "lfr_authors_settings"  # workdir of the K = 40 run
+AUTHORS_EPOCHS = 2
+STAGES = ("train", "eval", "authors_model", "authors_settings", "bench",
+          "collect")
+
+
+def train_command(row: CurveRow, root: str) -> list[str]:
+  """The train.py command of a curve row."""
+  return [sys.executable, "train.py",
+          f"--config=configs/{row.preset}.py:curve",
+          f"--workdir={os.path.join(root, row.name)}",
+          "--config.log.progress=False"]
+
+
+def eval_command(row: CurveRow, root: str, epoch: int) -> list[str]:
+  """evaluate.py on the checkpoint kept at the end of ``epoch``."""
+  last = epoch == max(EPOCHS)
+  return [sys.executable, "evaluate.py",
+          f"--workdir={os.path.join(root, row.name)}",
+          f"--checkpoint=epoch:{epoch}",
+          f"--out={os.path.join(root, 'eval', row.name, f'epoch_{epoch}')}",
+          f"--config.eval.num_examples={EVAL_EXAMPLES}",
+          f"--config.eval.checks={last}", f"--config.eval.geometry={last}",
+          "--config.eval.progress=False"]
+
+
+def authors_model_command(root: str, checkpoint: str) -> list[str]:
+  """evaluate.py on the LFR authors' published PyTorch model."""
+  return [sys.executable, "evaluate.py", f"--torch_checkpoint={checkpoint}",
+          "--model=small_cnn",
+          f"--out={os.path.join(root, 'eval', AUTHORS_MODEL)}",
+          f"--config.eval.num_examples={AUTHORS_MODEL_EXAMPLES}",
+          "--config.eval.progress=False"]
+
+
+def authors_settings_command(root: str, epochs: int) -> list[str]:
+  """train.py with the full mnist_lfr preset, stopped after ``epochs``."""
+  return [sys.executable, "train.py", "--config=configs/mnist_lfr.py",
+          f"--workdir={os.path.join(root, AUTHORS_SETTINGS)}",
+          f"--config.train.max_epochs={epochs}",
+          "--config.checkpoint.every_steps=100",
+          "--config.log.progress=False"]
+
+
+def shown(command: list[str]) -> str:
+  """The command as typed from the repository root."""
+  return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
+
+
+def run(command: list[str], log_path: str, dry_run: bool = False) -> float:
+  """Runs ``command`` from the repository root; returns its seconds.
+
+  Raises:
+    SystemExit: it failed (with the tail of its log).
+  """
+  print(f"$ {shown(command)}", flush=True)
+  if dry_run:
+    return 0.0
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  start = time.time()
+  with open(log_path, "a") as log:
+    proc = subprocess.run(command, cwd=REPO, stdout=log,
+                          stderr=subprocess.STDOUT)
+  if proc.returncode:
+    with open(log_path) as log:
+      tail = log.read()[-2000:]
+    raise SystemExit(f"{PROG}: {shown(command)} failed (exit "
+                     f"{proc.returncode}); see {log_path}:\n{tail}")
+  return time.time() - start
+
+
+def _load(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_command(folder: str, command: list[str], seconds: float) -> None:
+  with open(os.path.join(folder, "command.json"), "w") as f:
+    json.dump({"command": shown(command), "seconds": seconds}, f)
+
+
+def stage_train(root: str, rows, dry_run: bool) -> None:
+  for row in rows:
+    summary = os.path.join(root, row.name, "summary.json")
+    if not (os.path.isfile(summary) and _load(summary).get("completed")):
+      run(train_command(row, root), os.path.join(root, f"{row.name}.log"),
+          dry_run)
+
+
+def stage_eval(root: str, rows, dry_run: bool) -> None:
+  for row in rows:
+    for epoch in EPOCHS:
+      out = os.path.join(root, "eval", row.name, f"epoch_{epoch}")
+      if os.path.isfile(os.path.join(out, "robustness.json")):
+        continue
+      command = eval_command(row, root, epoch)
+      seconds = run(command, out + ".log", dry_run)
+      if not dry_run:
+        _write_command(out, command, seconds)
+
+
+def stage_authors_model(root: str, checkpoint: str, dry_run: bool) -> None:
+  """The published model through the evaluation of every other row."""
+  out = os.path.join(root, "eval", AUTHORS_MODEL)
+  if os.path.isfile(os.path.join(out, "robustness.json")):
+    return
+  command = authors_model_command(root, checkpoint)
+  seconds = run(command, out + ".log", dry_run)
+  if not dry_run:
+    _write_command(out, command, seconds)
+
+
+def stage_authors_settings(root: str, epochs: int, dry_run: bool) -> None:
+  """The K = 40 run in our loop, trained up to ``epochs`` epochs."""
+  summary = os.path.join(root, AUTHORS_SETTINGS, "summary.json")
+  if os.path.isfile(summary) and _load(summary).get("epochs", 0) >= epochs:
+    return
+  command = authors_settings_command(root, epochs)
+  run(command, os.path.join(root, f"{AUTHORS_SETTINGS}.log"), dry_run)
+
+
+def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
+  """Median seconds of one training step of each row's ``:curve`` config.
+
+  The steps are built exactly as ``train.py`` builds them (same objective,
+  model, optimizer and jit), on MNIST-shaped random data, and timed after
+  compiling in ``rounds`` interleaved rounds of ``repeats`` steps, so that a
+  drift of the machine's speed hits every row alike.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from lfr_jax import config_check, models, objectives, training  # pylint: disable=g-import-not-at-top
+  mesh = training.make_mesh(1)
+  steps = {}
+  for row in rows:
+    config = __import__(f"configs.{row.preset}",
+                        fromlist=["get_config"]).get_config("curve")
+    net = models.create(config.model.name, jax.random.key(0),
+                        **config_check.model_kwargs(config))
+    tx, lr_fn = training.make_optimizer(config.optim, 429)
+    step = training.make_train_step(
+        objectives.build(config.method,
+                         **config_check.objective_settings(config)),
+        net.graphdef, tx, lr_fn, training.eps_schedule(config.inner, 429),
+        mesh)
+    state = jax.device_put(training.create_train_state(
+        net, tx, jax.random.key(1)), NamedSharding(mesh, P()))
+    key = jax.random.key(2)
+    batch = jax.device_put(
+        (jax.random.uniform(key, (config.data.batch_size, 28, 28, 1)),
+         jax.random.randint(key, (config.data.batch_size,), 0, 10)),
+        NamedSharding(mesh, P("data")))
+    state, metrics = step(state, *batch)  # compile
+    jax.block_until_ready(metrics)
+    steps[row.name] = [step, state, batch, []]
+  for _ in range(rounds):
+    for name, entry in steps.items():
+      step, state, batch, times = entry
+      for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, *batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+      entry[1] = state
+  return {name: {"median_s": statistics.median(e[3]), "min_s": min(e[3]),
+                 "steps_timed": len(e[3])} for name, e in steps.items()}
+
+
+def stage_bench(root: str, rows, dry_run: bool) -> None:
+  import platform  # pylint: disable=g-import-not-at-top
+  path = os.path.join(root, "step_seconds.json")
+  print(f"$ {PROG} --stages=bench  (one step of each row, interleaved)")
+  if dry_run:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  result = {"rows": step_seconds(rows), "machine": {
+      "processor": platform.processor() or platform.machine(),
+      "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+      "jax": jax.__version__, "device": str(jax.devices()[0].device_kind)},
+            "date": time.strftime("%Y-%m-%d")}
+  os.makedirs(root, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  for name, t in result["rows"].items():
+    print(f"{name}: {t['median_s']:.3f} s/step")
+
+
+# Absolute paths of the machine that ran a study mean nothing elsewhere: the
+# docs keep paths relative to the repository and the published model's name.
+_SCRUB = ((re.compile(re.escape(REPO + os.sep)), ""),
+          (re.compile(r"/[^\s\"']*/(model_best\.pth\.tar)"), r"\1"))
+
+
+def scrub(text: str) -> str:
+  """``text`` without this machine's absolute paths."""
+  for pattern, repl in _SCRUB:
+    text = pattern.sub(repl, text)
+  return text
+
+
+def _copy(src_dir: str, names, dest_dir: str) -> None:
+  for name in names:
+    src = os.path.join(src_dir, name)
+    if os.path.isfile(src):
+      os.makedirs(dest_dir, exist_ok=True)
+      out = "train_summary.json" if name == "summary.json" else name
+      with open(src) as f:
+        text = scrub(f.read())
+      with open(os.path.join(dest_dir, out), "w") as f:
+        f.write(text)
+
+
+def stage_collect(root: str, results_dir: str = RESULTS_DIR) -> None:
+  """Copies metrics, summaries, configs and robustness JSON into the docs."""
+  train_files = ("summary.json", "config.json", "metrics.jsonl")
+  eval_files = ("robustness.json", "robustness.md", "command.json")
+  for row in ROWS:
+    _copy(os.path.join(root, row.name), train_files,
+          os.path.join(results_dir, row.name))
+    for epoch in EPOCHS:
+      _copy(os.path.join(root, "eval", row.name, f"epoch_{epoch}"), eval_files,
+            os.path.join(results_dir, row.name, f"epoch_{epoch}"))
+  _copy(os.path.join(root, "eval", AUTHORS_MODEL), eval_files,
+        os.path.join(results_dir, AUTHORS_MODEL))
+  _copy(os.path.join(root, AUTHORS_SETTINGS), train_files,
+        os.path.join(results_dir, AUTHORS_SETTINGS))
+  _copy(root, ("step_seconds.json",), results_dir)
+  from tools import curve_report  # pylint: disable=g-import-not-at-top
+  curve_report.write_figure(results_dir)
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from lfr_jax import cli  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  unknown = sorted(set(f.stages) - set(STAGES))
+  if unknown:
+    cli.fail(PROG, f"unknown stages {unknown}; valid: {', '.join(STAGES)}.")
+  unknown = sorted(set(f.rows) - set(ROW_NAMES))
+  if unknown:
+    cli.fail(PROG, f"unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.")
+  if f.authors_checkpoint and not os.path.isfile(f.authors_checkpoint):
+    cli.fail(PROG, f"--authors_checkpoint {f.authors_checkpoint} does not "
+             f"exist.")
+  if f.authors_epochs < 1:
+    cli.fail(PROG, f"--authors_epochs must be >= 1, got {f.authors_epochs}.")
+  root = os.path.abspath(f.workdir)
+  rows = [r for r in ROWS if r.name in f.rows]
+  if "train" in f.stages:
+    stage_train(root, rows, f.dry_run)
+  if "eval" in f.stages:
+    stage_eval(root, rows, f.dry_run)
+  if "authors_model" in f.stages and f.authors_checkpoint:
+    stage_authors_model(root, os.path.abspath(f.authors_checkpoint), f.dry_run)
+  if "authors_settings" in f.stages:
+    stage_authors_settings(root, f.authors_epochs, f.dry_run)
+  if "bench" in f.stages:
+    stage_bench(root, rows, f.dry_run)
+  if "collect" in f.stages and not f.dry_run:
+    stage_collect(root)
+    print(f"collected into {os.path.relpath(RESULTS_DIR, REPO)}; now run "
+          f"python reproduce.py --stages=report")
+
+
+def define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", "runs/curve", "Root of the runs.")
+  flags.DEFINE_list("stages", list(STAGES), f"Stages, from {STAGES}.")
+  flags.DEFINE_list("rows", list(ROW_NAMES), f"Curve rows, from {ROW_NAMES}.")
+  flags.DEFINE_string("authors_checkpoint", "", "The LFR authors' published "
+                      "model_best.pth.tar (their repository's savedModel/"
+                      "MNIST/lr_0.01_lambada_0.02_rs_1000/); '' skips it.")
+  flags.DEFINE_integer("authors_epochs", AUTHORS_EPOCHS, "Epochs (>= 1) of "
+                       "the K = 40 run at the authors' settings (rerun with "
+                       "more to go on).")
+  flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)

@@ -1,0 +1,363 @@
+"""The sections of docs/RESULTS.md written from docs/results/curve/.
+
+Reads only the small files ``tools/curve.py --stages=collect`` copies (so the
+report can be rebuilt on any machine without the runs) and returns Markdown:
+the LFR authors' published model beside the paper's row, the per-epoch log of
+LFR at the authors' settings, and robust accuracy against training compute
+with its figure. ``reproduce.py --stages=report`` calls :func:`sections`.
+
+Example::
+
+    from tools import curve_report
+    text = "\\n".join(curve_report.sections("docs/results/curve"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from tools import curve
+
+FIGURE = "compute_curve.png"
+# (metric key, label) of the curve tables; accuracies in %.
+COLUMNS = (("clean", "clean"), ("fgsm_lfr", "FGSM"), ("pgd", "PGD-40"),
+           ("mifgsm_lfr", "MI-FGSM"), ("ddn_lfr", "DDN-20"),
+           ("apgd_ce", "APGD-CE"), ("apgd_t", "APGD-T"), ("worst", "worst"))
+
+
+def _load(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _maybe(path: str):
+  return _load(path) if os.path.isfile(path) else None
+
+
+def jsonl(path: str) -> list[dict]:
+  """The parseable records of a JSONL file ([] if it is missing)."""
+  if not os.path.isfile(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a line cut by a killed run
+      if isinstance(record, dict):
+        out.append(record)
+  return out
+
+
+def halfwidth(p: float, n: int) -> float:
+  """Half-width in points of the 95% normal interval of an accuracy p in %."""
+  q = p / 100
+  return 100 * 1.96 * math.sqrt(max(q * (1 - q), 0.0) / n) if n else math.nan
+
+
+def metrics(report: dict) -> dict[str, float]:
+  """Accuracies in % of a robustness.json's first row, plus "n"."""
+  row = report["rows"][0]
+  m = row["metrics"]
+  out = {k: 100 * m[k] for k, _ in COLUMNS if isinstance(m.get(k), (int, float))}
+  out["n"] = row["examples"]
+  return out
+
+
+def training_hours(records: list[dict], batch: int, upto_step: int) -> float:
+  """Hours the run's own training steps took up to ``upto_step``.
+
+  From the train windows of metrics.jsonl (steps x batch / examples per s),
+  the last record of a step winning when a resumed run logged it twice.
+  Validation and checkpoint time is not included.
+  """
+  by_step = {r["step"]: r for r in records
+             if r.get("split") == "train" and r.get("examples_per_sec")}
+  seconds, previous = 0.0, 0
+  for step in sorted(by_step):
+    if step > upto_step:
+      break
+    seconds += (step - previous) * batch / by_step[step]["examples_per_sec"]
+    previous = step
+  return seconds / 3600
+
+
+def curve_points(results_dir: str) -> dict[str, list[dict]]:
+  """Row name -> one point per evaluated epoch (metrics, epochs, hours)."""
+  bench = _maybe(os.path.join(results_dir, "step_seconds.json")) or {}
+  out = {}
+  for row in curve.ROWS:
+    folder = os.path.join(results_dir, row.name)
+    config = _maybe(os.path.join(folder, "config.json"))
+    records = jsonl(os.path.join(folder, "metrics.jsonl"))
+    spe = next((int(round(r["step"] / r["epoch"])) for r in records
+                if r.get("split") == "train_epoch" and r["epoch"]), None)
+    points = []
+    for epoch in curve.EPOCHS:
+      report = _maybe(os.path.join(folder, f"epoch_{epoch}", "robustness.json"))
+      if report is None or config is None or spe is None:
+        continue
+      point = dict(metrics(report), epoch=epoch)
+      point["hours_measured"] = training_hours(
+          records, config["data"]["batch_size"], epoch * spe)
+      step_s = bench.get("rows", {}).get(row.name, {}).get("median_s")
+      point["hours_bench"] = epoch * spe * step_s / 3600 if step_s else None
+      point["checks"] = report["rows"][0].get("checks", [])
+      points.append(point)
+    if points:
+      out[row.name] = points
+  return out
+
+
+def authors_model(results_dir: str) -> dict | None:
+  report = _maybe(os.path.join(results_dir, curve.AUTHORS_MODEL,
+                               "robustness.json"))
+  return None if report is None else dict(
+      metrics(report), checks=report["rows"][0].get("checks", []))
+
+
+def _pct(v) -> str:
+  return "–" if v is None else f"{v:.2f}"
+
+
+def _row_cells(m: dict) -> list[str]:
+  return [_pct(m.get(k)) for k, _ in COLUMNS]
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+  return (["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+          + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def _check_summary(checks: list[dict]) -> list[str]:
+  if not checks:
+    return []
+  passes = sum(c["status"] == "PASS" for c in checks)
+  lines = [f"Masking checks: {passes} PASS, "
+           f"{sum(c['status'] == 'WARN' for c in checks)} WARN."]
+  lines += [f"- WARN {c['name']}: {c['evidence']}" for c in checks
+            if c["status"] == "WARN"]
+  return lines
+
+
+def authors_section(results_dir: str, paper_lfr: dict) -> list[str]:
+  """The published model beside the paper's LFR row."""
+  m = authors_model(results_dir)
+  out = ["## The LFR authors' published model, through our evaluation", ""]
+  if m is None:
+    return out + ["(not evaluated yet)", ""]
+  command = _maybe(os.path.join(results_dir, curve.AUTHORS_MODEL,
+                                "command.json")) or {}
+  paper = [f"{paper_lfr[k]:.2f}" if k in paper_lfr else "–"
+           for k in ("clean", "fgsm_lfr", "pgd", "mifgsm_lfr", "ddn")]
+  out += [
+      "`model_best.pth.tar` from the LFR authors' public repository "
+      "(`savedModel/MNIST/lr_0.01_lambada_0.02_rs_1000/`): SmallCNN without "
+      "dropout, λ = 0.02, K = 40 steps of 0.01, 100 epochs of SGD lr 0.01, "
+      "chosen by the authors on test clean accuracy. Evaluated as published "
+      f"(a training checkpoint with `module.` keys) on the first {m['n']} "
+      f"test images, every attack at full settings; ± is the 95% interval "
+      f"from the sample size.", "",
+      f"`{command.get('command', curve.shown(curve.authors_model_command('runs/curve', 'model_best.pth.tar')))}`",
+      ""]
+  header = ["model"] + [label for _, label in COLUMNS]
+  body = [["LFR, authors' 100-epoch model (ours)"] + [
+      f"{m[k]:.2f} ± {halfwidth(m[k], m['n']):.2f}" if k in m else "–"
+      for k, _ in COLUMNS],
+          ["LFR, the paper's Table 1"] + paper + ["–"] * 3]
+  out += _table(header, body) + [""] + _check_summary(m["checks"]) + [""]
+  return out
+
+
+def epoch_log(results_dir: str) -> list[dict]:
+  """Per-epoch rows of the K = 40 run at the authors' settings."""
+  records = jsonl(os.path.join(results_dir, curve.AUTHORS_SETTINGS,
+                               "metrics.jsonl"))
+  config = _maybe(os.path.join(results_dir, curve.AUTHORS_SETTINGS,
+                               "config.json"))
+  last = lambda split: {r["step"]: r for r in records if r["split"] == split}
+  train, clean, val = last("train_epoch"), last("test_clean"), last("val")
+  rows = []
+  for step in sorted(train):
+    t = train[step]
+    rows.append({
+        "epoch": int(round(t["epoch"])), "reg": t["reg"], "ce": t["ce"],
+        "train_acc": 100 * t["acc"],
+        "test_clean": 100 * clean[step]["clean_acc"] if step in clean else None,
+        "val_clean": 100 * val[step]["clean_acc"] if step in val else None,
+        "val_pgd": 100 * val[step]["pgd_acc"] if step in val else None,
+        "hours": training_hours(records, config["data"]["batch_size"], step)
+                 if config else None})
+  return rows
+
+
+def authors_settings_section(results_dir: str) -> list[str]:
+  rows = epoch_log(results_dir)
+  out = ["## LFR at the authors' exact settings, in our loop", ""]
+  out += [
+      "`configs/mnist_lfr.py` without a variant (K = 40 sign steps of 0.01, "
+      "ε = 0.3, SGD lr 0.01 momentum 0.9, batch 128, λ = 0.02, no dropout), "
+      "the first epochs of its 100-epoch schedule. Per epoch: the mean over "
+      "the epoch's training steps of the regularizer ‖∇ₓL(x_worst)‖₁ (train "
+      "mode, at the inner maximization's point) and of the clean "
+      "cross-entropy, the mean train-batch accuracy, clean accuracy on the "
+      "whole 10,000-image test set (monitoring only) and the validation "
+      "split's clean and PGD-40 accuracy (1,000 images), as the authors' "
+      "training log records them.", "",
+      f"`{curve.shown(curve.authors_settings_command('runs/curve', max(len(rows), curve.AUTHORS_EPOCHS)))}`",
+      ""]
+  if not rows:
+    return out + ["(not run yet)", ""]
+  body = [[str(r["epoch"]), f"{r['reg']:.3f}", f"{r['ce']:.4f}",
+           f"{r['train_acc']:.2f}", _pct(r["test_clean"]),
+           _pct(r["val_clean"]), _pct(r["val_pgd"]),
+           "–" if r["hours"] is None else f"{r['hours']:.2f}"] for r in rows]
+  out += _table(["epoch", "mean reg (x_worst)", "mean clean CE",
+                 "train acc %", "test clean % (10,000)", "val clean %",
+                 "val PGD-40 %", "training h (cumulative)"], body) + [""]
+  return out
+
+
+def gap_fit(points: dict[str, list[dict]], a: str = "lfr_s0",
+            b: str = "trades_s0") -> dict | None:
+  """Least-squares line of the worst-case gap b - a against log2(epochs).
+
+  Returns:
+    {"slope": points per doubling, "intercept": gap at 1 epoch, "cross":
+    epochs where the line reaches 0 (None if it does not shrink)}, or None
+    without three common epochs.
+  """
+  pa = {p["epoch"]: p.get("worst") for p in points.get(a, [])}
+  pb = {p["epoch"]: p.get("worst") for p in points.get(b, [])}
+  common_epochs = sorted(e for e in pa if e in pb and pa[e] is not None
+                         and pb[e] is not None)
+  if len(common_epochs) < 3:
+    return None
+  xs = [math.log2(e) for e in common_epochs]
+  ys = [pb[e] - pa[e] for e in common_epochs]
+  mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+  slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+           / sum((x - mx) ** 2 for x in xs))
+  intercept = my - slope * mx
+  cross = None
+  if slope < 0:
+    doublings = -intercept / slope
+    # Beyond a million epochs the line says only "not within any budget".
+    cross = 2 ** doublings if doublings < math.log2(1e6) else math.inf
+  return {"epochs": common_epochs, "gaps": ys, "slope": slope,
+          "intercept": intercept, "cross": cross}
+
+
+def curve_section(results_dir: str) -> list[str]:
+  points = curve_points(results_dir)
+  out = ["## Robust accuracy against training compute", ""]
+  out += [
+      "Every row trains with its preset's `:curve` variant: the `:repro` "
+      "protocol (K = 10 inner steps of 0.075, SGD lr 0.05 ×0.1 at 90%, batch "
+      "128, seed 0) run for 5 epochs, keeping the checkpoints after epochs "
+      "1, 2 and 5 (the epoch-1 point is therefore not the `:repro` model, "
+      "whose learning rate decays within its one epoch). Each checkpoint is "
+      f"evaluated on the first {curve.EVAL_EXAMPLES} test images with every "
+      "attack at full settings; masking checks and geometry on epoch 5 only. "
+      "Training hours are the steps' count times one step's median time, "
+      "measured for every row's config in one interleaved run "
+      "(`tools/curve.py --stages=bench`); \"measured h\" is what the runs "
+      "themselves logged, on a machine that other jobs sometimes shared.", ""]
+  out += ["```"] + [curve.shown(curve.train_command(r, "runs/curve"))
+                    for r in curve.ROWS] + [
+      curve.shown(curve.eval_command(curve.ROWS[0], "runs/curve", e))
+      for e in curve.EPOCHS] + ["```", ""]
+  if not points:
+    return out + ["(no checkpoint evaluated yet)", ""]
+  body = []
+  for row in curve.ROWS:
+    for p in points.get(row.name, []):
+      worst = p.get("worst")
+      body.append([row.label, str(p["epoch"])] + _row_cells(p)[:-1] + [
+          "–" if worst is None else f"{worst:.2f} ± {halfwidth(worst, p['n']):.2f}",
+          "–" if p["hours_bench"] is None else f"{p['hours_bench']:.2f}",
+          f"{p['hours_measured']:.2f}"])
+  out += _table(["method", "epochs"] + [l for _, l in COLUMNS[:-1]]
+                + ["worst case", "training h", "measured h"], body) + [""]
+  if os.path.isfile(os.path.join(results_dir, FIGURE)):
+    out += [f"![worst-case robust accuracy against training compute]"
+            f"(results/curve/{FIGURE})", ""]
+  fit = gap_fit(points)
+  if fit:
+    gaps = ", ".join(f"{g:.1f} at epoch {e}" for e, g in
+                     zip(fit["epochs"], fit["gaps"]))
+    out += [f"TRADES − LFR, worst case, in points: {gaps}; a least-squares "
+            f"line in log₂(epochs) changes it by {fit['slope']:+.1f} points "
+            f"per doubling of training."]
+    if fit["cross"] == math.inf:
+      out[-1] += " At that rate it would not close within a million epochs."
+    elif fit["cross"] is not None:
+      out[-1] += (f" If that trend held, the gap would close after about "
+                  f"{fit['cross']:.0f} epochs.")
+    out.append("")
+  for row in curve.ROWS:
+    last = points.get(row.name, [])
+    if last and last[-1]["checks"]:
+      out += [f"**{row.label}, epoch {last[-1]['epoch']}.** "
+              + " ".join(_check_summary(last[-1]["checks"]))]
+  reading = os.path.join(results_dir, "reading.md")
+  out += ["", "### Reading", "", open(reading).read().strip()
+          if os.path.isfile(reading) else "(not written yet)", ""]
+  return out
+
+
+def write_figure(results_dir: str) -> str | None:
+  """Worst-case accuracy against epochs and hours; the published model as a line."""
+  points = curve_points(results_dir)
+  if not points:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  reference = authors_model(results_dir)
+  benched = any(p.get("hours_bench") for pts in points.values() for p in pts)
+  hours = ("hours_bench", "training hours, 2-core x86_64 CPU (benchmarked "
+           "step time × steps)") if benched else (
+               "hours_measured", "training hours, 2-core x86_64 CPU (as the "
+               "runs logged them)")
+  for axis, key, title in ((axes[0], "epoch", "training epochs"),
+                           (axes[1], *hours)):
+    for row in curve.ROWS:
+      pts = [p for p in points.get(row.name, [])
+             if p.get(key) is not None and p.get("worst") is not None]
+      if not pts:
+        continue
+      axis.errorbar([p[key] for p in pts], [p["worst"] for p in pts],
+                    yerr=[halfwidth(p["worst"], p["n"]) for p in pts],
+                    marker="o", capsize=3, label=row.label)
+    if reference and "worst" in reference:
+      axis.axhline(reference["worst"], color="k", ls="--", lw=1,
+                   label="LFR authors' 100-epoch model")
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    if key == "epoch":
+      axis.set_xticks(list(curve.EPOCHS))
+    axis.set_xlabel(title)
+    axis.grid(alpha=0.3)
+  axes[0].set_ylabel("worst-case robust accuracy (%), ε = 0.3")
+  axes[0].legend(fontsize=8)
+  fig.suptitle("Robust accuracy against training compute (MNIST SmallCNN, "
+               f"first {curve.EVAL_EXAMPLES} test images, 95% intervals)")
+  fig.tight_layout()
+  path = os.path.join(results_dir, FIGURE)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
+def sections(results_dir: str, paper_lfr: dict) -> list[str]:
+  """Every section, in order, as Markdown lines."""
+  return (authors_section(results_dir, paper_lfr)
+          + authors_settings_section(results_dir)
+          + curve_section(results_dir))
