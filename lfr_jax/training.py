@@ -411,15 +411,25 @@ class Checkpoints:
 
 
 class MetricWriter:
-  """Writes metrics to ``metrics.jsonl`` and TensorBoard (process 0 only)."""
+  """Writes metrics to ``metrics.jsonl`` and TensorBoard (process 0 only).
+
+  TensorBoard events need tensorboardX; without it (e.g. on an accelerator
+  machine with no package registry) the writer says so once and keeps to
+  ``metrics.jsonl``, the record every tool of this package reads.
+  """
 
   def __init__(self, workdir: str, enabled: bool):
     self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        logging.warning("tensorboardX is not installed: metrics go to "
+                        "metrics.jsonl only (pip install tensorboardX).")
+      else:
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, split: str, step: int, epoch: float,
             metrics: dict[str, float]) -> None:
@@ -430,13 +440,15 @@ class MetricWriter:
               **{k: float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    for k, v in metrics.items():
-      self._tb.add_scalar(f"{split}/{k}", float(v), step)
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f"{split}/{k}", float(v), step)
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
 
 
 # Schedules are reported at the window's last step, the rest as window means.

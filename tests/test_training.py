@@ -277,3 +277,34 @@ def test_max_epochs_stops_at_an_epoch_end_and_resumes(tmp_path):
   done = training.train_and_evaluate(
       smoke("mnist_standard", train__max_epochs=5.0), workdir)
   assert done["completed"] and done["step"] == 8  # capped by num_epochs
+
+
+def test_runs_without_tensorboardx(tmp_path, monkeypatch):
+  """Accelerator images may lack tensorboardX: metrics.jsonl still records."""
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
+  workdir = str(tmp_path / "run")
+  summary = training.train_and_evaluate(smoke("mnist_standard"), workdir)
+  assert summary["completed"]
+  assert not os.path.exists(os.path.join(workdir, "tensorboard"))
+  assert [r["split"] for r in _records(workdir)].count("test") == 1
+
+
+@pytest.mark.slow
+def test_gpu_full_protocol_script_smoke(tmp_path):
+  """tools/gpu_full_protocol.sh end to end with the :smoke presets (CPU)."""
+  out = tmp_path / "out"
+  proc = subprocess.run(["bash", "tools/gpu_full_protocol.sh", "--smoke",
+                         str(out)], cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for method in ("lfr", "trades"):
+    assert (out / method / "summary.json").is_file(), method
+    assert f"{method}: 2 epochs, median" in proc.stdout
+
+
+def test_gpu_full_protocol_script_refuses_a_cpu(tmp_path):
+  proc = subprocess.run(["bash", "tools/gpu_full_protocol.sh",
+                         str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2
+  assert "no accelerator visible to JAX" in proc.stderr
