@@ -6,8 +6,10 @@ Sources:
   TensorFlow needed to read): MNIST, CIFAR-10, ImageNet (``imagenet2012``).
   Nothing is downloaded unless ``download=True``; prepare once with
   ``tfds build <name> --file_format=array_record``.
-- MNIST from the four original IDX ``.gz`` files in ``data.dir`` or
-  ``$LFR_DATA_DIR`` (offline; :func:`load_mnist_idx`).
+- MNIST from the four original IDX ``.gz`` files in ``data.dir``,
+  ``$LFR_DATA_DIR`` or the repository's ``data/mnist/`` (offline;
+  :func:`load_mnist_idx`, :mod:`lfr_jax.mnist`). ``python -m lfr_jax.data
+  fetch mnist --dir DIR`` downloads them, checksums verified.
 
 Splits: "validation" is held out from the *end* of the train split
 (``validation_size`` examples), "train" is the rest (optionally only its first
@@ -32,88 +34,25 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import os
 import queue
-import struct
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-_MNIST_COUNTS = {"train": 60000, "test": 10000}
+from lfr_jax import mnist
 
-
-class DataError(ValueError):
-  """A data file is missing or does not hold what was expected."""
+# The IDX files live in lfr_jax.mnist; these names stay importable from here.
+MNIST_FILES = mnist.FILES
+DataError = mnist.DataError
+read_idx = mnist.read_idx
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-  """Returns ``data_dir`` or ``$LFR_DATA_DIR``, or raises DataError naming both."""
-  path = data_dir or os.environ.get("LFR_DATA_DIR", "")
-  if not path:
-    raise DataError("no MNIST directory: set config.data.dir or the environment "
-                    "variable LFR_DATA_DIR to a folder with the four IDX .gz files.")
-  return os.path.expanduser(path)
-
-
-def read_idx(path: str, expected_ndim: int) -> np.ndarray:
-  """Reads one gzipped IDX file (uint8 payload).
-
-  Args:
-    path: the ``.gz`` file.
-    expected_ndim: 3 for images, 1 for labels.
-
-  Returns:
-    The uint8 array.
-
-  Raises:
-    DataError: if the file is missing, not gzip, or not an IDX uint8 file of
-      the expected rank and size.
-  """
-  if not os.path.isfile(path):
-    raise DataError(f"missing MNIST file {path}: expected the original "
-                    f"{os.path.basename(path)} from the MNIST distribution.")
-  try:
-    with gzip.open(path, "rb") as f:
-      raw = f.read()
-  except (OSError, EOFError) as e:
-    raise DataError(f"corrupt MNIST file {path}: expected gzip-compressed IDX "
-                    f"data ({e}).") from None
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expected_ndim:
-    raise DataError(f"corrupt MNIST file {path}: expected an IDX uint8 header "
-                    f"with {expected_ndim} dimension(s).")
-  dims = struct.unpack(">" + "I" * expected_ndim, raw[4:4 + 4 * expected_ndim])
-  payload = raw[4 + 4 * expected_ndim:]
-  if len(payload) != int(np.prod(dims)):
-    raise DataError(f"corrupt MNIST file {path}: header says {dims} "
-                    f"({int(np.prod(dims))} bytes) but holds {len(payload)} bytes.")
-  return np.frombuffer(payload, np.uint8).reshape(dims)
-
-
-def _mnist_idx_uint8(split: str, data_dir: str | None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  if split not in MNIST_FILES:
-    raise DataError(f"unknown MNIST split {split!r}; valid: {sorted(MNIST_FILES)}")
-  root = resolve_data_dir(data_dir)
-  if not os.path.isdir(root):
-    raise DataError(f"MNIST directory {root} does not exist: expected a folder "
-                    f"with the four IDX .gz files ({', '.join(sum(MNIST_FILES.values(), ()))}).")
-  img_name, lbl_name = MNIST_FILES[split]
-  images = read_idx(os.path.join(root, img_name), 3)
-  labels = read_idx(os.path.join(root, lbl_name), 1)
-  if images.shape != (_MNIST_COUNTS[split], 28, 28) or labels.shape != (_MNIST_COUNTS[split],):
-    raise DataError(f"MNIST {split} files in {root} hold {images.shape} images and "
-                    f"{labels.shape} labels; expected ({_MNIST_COUNTS[split]}, 28, 28).")
-  if labels.max() > 9:
-    raise DataError(f"corrupt MNIST labels in {os.path.join(root, lbl_name)}: "
-                    f"expected digits 0-9, found {int(labels.max())}.")
-  return images[..., None], labels.astype(np.int32)
+  """The MNIST folder: ``data_dir``, ``$LFR_DATA_DIR`` or the embedded copy."""
+  return mnist.find_dir(data_dir)
 
 
 def load_mnist_idx(split: str, data_dir: str | None = None
@@ -122,12 +61,13 @@ def load_mnist_idx(split: str, data_dir: str | None = None
 
   Args:
     split: "train" (60,000 examples) or "test" (10,000).
-    data_dir: folder with the four files; ``$LFR_DATA_DIR`` when empty.
+    data_dir: folder with the four files; ``$LFR_DATA_DIR`` or the
+      repository's ``data/mnist/`` when empty.
 
   Returns:
     (images float32 (N, 28, 28, 1) in [0, 1], labels int32 (N,)).
   """
-  images, labels = _mnist_idx_uint8(split, data_dir)
+  images, labels = mnist.read_split(split, resolve_data_dir(data_dir))
   return images.astype(np.float32) / 255.0, labels
 
 
@@ -246,7 +186,8 @@ def uses_idx(cfg) -> bool:
   if source == "tfds":
     return False
   return (_get(cfg, "name", "mnist") == "mnist"
-          and bool(_get(cfg, "dir", "") or os.environ.get("LFR_DATA_DIR")))
+          and bool(_get(cfg, "dir", "") or os.environ.get("LFR_DATA_DIR")
+                   or mnist.has_files(mnist.EMBEDDED_DIR)))
 
 
 class _HideTfdsWarnings:
@@ -285,8 +226,8 @@ def _open_tfds_quietly(info: DatasetInfo, split: str, cfg) -> TfdsSource:
   except Exception as e:  # pylint: disable=broad-except
     # tfds reports a missing dataset as an unsupported TFRECORD format, etc.
     where = tfds.builder(info.tfds_name, data_dir=data_dir).data_dir
-    hint = (" or set config.data.dir / $LFR_DATA_DIR to the MNIST IDX files"
-            if info.name == "mnist" else "")
+    hint = (f"; or fetch the four MNIST files with `{mnist.FETCH_COMMAND}` "
+            f"and set LFR_DATA_DIR=DIR" if info.name == "mnist" else "")
     if not os.path.isdir(where):
       raise DataError(
           f"tfds dataset {info.tfds_name} is not prepared in {where}: expected "
@@ -324,8 +265,9 @@ def load(cfg) -> Dataset:
     if name != "mnist":
       raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; "
                       f"use 'tfds'.")
-    train_src = ArraySource(*_mnist_idx_uint8("train", _get(cfg, "dir", "")))
-    test_src = ArraySource(*_mnist_idx_uint8("test", _get(cfg, "dir", "")))
+    folder = resolve_data_dir(_get(cfg, "dir", ""))
+    train_src = ArraySource(*mnist.read_split("train", folder))
+    test_src = ArraySource(*mnist.read_split("test", folder))
     kind = "idx"
   else:
     train_src = _open_tfds(info, info.train_split, cfg)
@@ -592,3 +534,8 @@ def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
       yield item
   finally:
     stop.set()
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.exit(mnist.main(sys.argv[1:]))
