@@ -40,14 +40,37 @@ REPRO_K = 10
 CURVE_EPOCHS = 5.0
 CURVE_KEEP_EPOCHS = (1, 2, 5)
 
-# Every keyword of lfr_jax.models.create for the MNIST models, with its
-# default, so that any of them can be overridden from the command line.
-MNIST_MODELS = {
+# Every keyword of lfr_jax.models.create for each model the presets use, with
+# its default, so that any of them can be overridden from the command line
+# (e.g. --config.model.activation=softplus). mean/std () = no normalization.
+MODELS = {
     "small_cnn": {"num_classes": 10, "in_channels": 1, "dropout": 0.5,
                   "activation": "relu"},
     "ds_mnist_cnn": {"num_classes": 10, "in_channels": 1, "activation": "relu",
                      "init": "madry"},
+    "wide_resnet": {"depth": 28, "width": 10, "num_classes": 10,
+                    "in_channels": 3, "activation": "relu", "dropout": 0.0,
+                    "mean": (), "std": ()},
+    "resnet152": {"num_classes": 1000, "in_channels": 3, "width": 64,
+                  "activation": "relu", "zero_init_residual": False,
+                  "mean": (), "std": ()},
 }
+
+
+def model_section(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The ``model`` section: ``name`` plus every keyword of that model.
+
+  Args:
+    name: a key of :data:`MODELS`.
+    **overrides: keywords that differ from the model's defaults.
+
+  Returns:
+    The section.
+  """
+  unknown = sorted(set(overrides) - set(MODELS[name]))
+  if unknown:
+    raise ValueError(f"model {name!r} has no setting(s) {unknown}.")
+  return ml_collections.ConfigDict({"name": name, **MODELS[name], **overrides})
 
 # Paper threat models and inner maximizations.
 MNIST_EPS, MNIST_STEP, MNIST_K = 0.3, 0.01, 40          # LFR Sec. 5 (from TRADES)
@@ -71,7 +94,7 @@ def base(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
-  c.model = ml_collections.ConfigDict({"name": "small_cnn"})
+  c.model = model_section("small_cnn")
   c.inner = ml_collections.ConfigDict({
       "eps": MNIST_EPS, "step_size": MNIST_STEP, "num_steps": MNIST_K,
       "warmup_epochs": 0.0, "unroll": "auto"})
@@ -157,7 +180,7 @@ def mnist(method: str, model: str = "small_cnn", **method_settings
     The config (not yet finished).
   """
   c = base(method)
-  c.model = ml_collections.ConfigDict({"name": model, **MNIST_MODELS[model]})
+  c.model = model_section(model)
   c.eval.epoch_test_clean = True   # 10,000 clean forwards: seconds per epoch
   return _set_method(c, method_settings.get(method))
 
@@ -177,9 +200,7 @@ def cifar10(method: str, **method_settings) -> ml_collections.ConfigDict:
     The config (not yet finished).
   """
   c = base(method)
-  c.model = ml_collections.ConfigDict({
-      "name": "wide_resnet", "depth": 28, "width": 8,
-      "activation": "softplus"})
+  c.model = model_section("wide_resnet", width=8, activation="softplus")
   c.inner.update({"eps": CIFAR_EPS, "step_size": CIFAR_STEP,
                   "num_steps": CIFAR_K, "warmup_epochs": 15.0})
   c.data.update({"name": "cifar10", "batch_size": 256,
@@ -207,9 +228,8 @@ def imagenet(method: str, **method_settings) -> ml_collections.ConfigDict:
     The config (not yet finished).
   """
   c = base(method)
-  c.model = ml_collections.ConfigDict({
-      "name": "resnet152", "num_classes": 1000, "activation": "softplus",
-      "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+  c.model = model_section("resnet152", activation="softplus",
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
   c.inner.update({"eps": IMAGENET_EPS, "step_size": 2 / 255, "num_steps": 2,
                   "warmup_epochs": 20.0})
   c.data.update({"name": "imagenet2012", "batch_size": 512,

@@ -176,6 +176,46 @@ def test_command_line_overrides(monkeypatch):
   assert holder.value.data.batch_size == 16  # smoke variant applied first
 
 
+def test_model_settings_override_from_the_command_line(monkeypatch):
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                           lock_config=True)
+  argv = ["prog", f"--config={REPO}/configs/cifar10_lfr.py:smoke",
+          "--config.model.activation=relu", "--config.model.width=2",
+          "--config.model.mean=(0.5,0.5,0.5)"]
+  monkeypatch.setattr(sys, "argv", argv)
+  values(argv)
+  model = holder.value.model
+  assert (model.activation, model.width, model.mean) == ("relu", 2,
+                                                        (0.5, 0.5, 0.5))
+
+
+def _constructor_keywords(name):
+  """The keyword arguments (and defaults) models.create passes to ``name``."""
+  import inspect
+  from lfr_jax.models import resnet
+  cls = {"resnet50": resnet.ResNet, "resnet152": resnet.ResNet}.get(name)
+  if cls is None:
+    from lfr_jax import models
+    cls = models._REGISTRY[name]  # pylint: disable=protected-access
+  params = inspect.signature(cls.__init__).parameters
+  skip = {"self", "rngs"} | ({"stage_sizes"} if name != "resnet" else set())
+  return {k: p.default for k, p in params.items() if k not in skip}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_model_section_lists_every_model_keyword(name):
+  """Every model keyword is in the preset, so the command line can set it."""
+  model = load(name).model.to_dict()
+  expected = _constructor_keywords(model.pop("name"))
+  assert set(model) == set(expected), name
+  for key, default in expected.items():
+    if key in common.MODELS.get(load(name).model.name, {}):
+      # The shared table repeats the constructor's defaults (None as ()).
+      table = common.MODELS[load(name).model.name][key]
+      assert table == (() if default is None else default), (name, key)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("inner.eps", -0.1, "config.inner.eps must be >= 0"),
     ("method", "foo", "holds settings for method 'lfr'"),

@@ -228,8 +228,14 @@ class BatchNorm(nnx.Module):
 
 
 def channel_stats(values) -> tuple[float, ...] | None:
-  """Per-channel input mean/std as a hashable tuple (static module data), or None."""
-  return None if values is None else tuple(float(v) for v in values)
+  """Per-channel input mean/std as a hashable tuple (static module data), or None.
+
+  None and the empty tuple both mean "no such normalization" (configs hold
+  plain values, so they write ``()``).
+  """
+  if values is None or len(values) == 0:
+    return None
+  return tuple(float(v) for v in values)
 
 
 ACTIVATIONS = {"relu": jax.nn.relu, "softplus": jax.nn.softplus}
