@@ -3,58 +3,15 @@
 Usage::
 
     python train.py --config=configs/mnist_lfr.py --workdir=runs/mnist_lfr
-    python train.py --config=configs/mnist_lfr.py:quick --workdir=runs/q \\
+    python train.py --config=configs/mnist_lfr.py:quick --workdir=runs/q \
         --config.lfr.lam=0.05 --config.optim.lr=0.1
 
-Running again with the same ``--workdir`` resumes from its latest checkpoint.
-A mistake in the flags or the config (misspelled key, wrong type, invalid
-value, unknown method/model/dataset, missing data, batch not divisible by the
-device count) exits with status 2 and one line on stderr, before anything is
-written to the workdir.
+The program lives in :mod:`lfr_jax.commands.train` (also installed as the
+``lfr-train`` console script); see its docstring for the flags.
 """
 
-from __future__ import annotations
-
-import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from lfr_jax import cli
-from lfr_jax import config_check
-from lfr_jax import data
-from lfr_jax import training
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config preset, e.g. configs/mnist_lfr.py or "
-    "configs/mnist_lfr.py:quick; override fields with --config.a.b=value.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output folder (checkpoints, metrics); resumed if it "
-    "already holds checkpoints.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-PROG = "train.py"
-# Errors that are the user's to fix: reported in one line, no traceback.
-USER_ERRORS = (config_check.ConfigError, data.DataError,
-               training.TrainingDiverged)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(PROG, f"unexpected arguments {argv[1:]}; settings go in "
-             "--config.<field>=value.")
-  try:
-    config = _CONFIG.value
-    list(config.keys())  # a config file that failed to load raises here
-  except Exception as e:  # pylint: disable=broad-except
-    # config_flags defers a config file that failed to load to this access.
-    cli.fail(PROG, f"--config: {cli.one_line(e)}")
-  try:
-    training.train_and_evaluate(config, _WORKDIR.value)
-  except USER_ERRORS as e:
-    cli.fail(PROG, cli.one_line(e))
-
+from lfr_jax.commands.train import *  # noqa: F401,F403  (flags, run)
+from lfr_jax.commands.train import entry
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(PROG))
+  entry()

@@ -15,10 +15,11 @@ Example::
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags
 
@@ -134,3 +135,76 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       report(prog, e, argv)
 
   return parse
+
+
+def configs_dir() -> str | None:
+  """The folder of the preset files: the ``configs`` package beside lfr_jax.
+
+  A clone has it at the repository root; a wheel installs it as a top-level
+  package. None when neither is found.
+  """
+  spec = importlib.util.find_spec("configs")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  for folder in spec.submodule_search_locations:
+    if os.path.isfile(os.path.join(folder, "common.py")):
+      return folder
+  return None
+
+
+def resolve_preset(argv: list[str], flag: str = "config") -> list[str]:
+  """``--config=mnist_lfr:quick`` -> ``--config=<configs dir>/mnist_lfr.py:quick``.
+
+  Lets installed console scripts take a preset by name. A value that names an
+  existing file, or has a ``/`` or ``.py``, is left as it is.
+  """
+  prefix = f"--{flag}="
+  folder = configs_dir()
+  out = []
+  for arg in argv:
+    if arg.startswith(prefix) and folder:
+      value = arg[len(prefix):]
+      name, sep, variant = value.partition(":")
+      if ("/" not in name and not name.endswith(".py")
+          and not os.path.exists(name)
+          and os.path.isfile(os.path.join(folder, f"{name}.py"))):
+        arg = f"{prefix}{os.path.join(folder, name + '.py')}{sep}{variant}"
+    out.append(arg)
+  return out
+
+
+def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any],
+         user_errors: tuple[type[BaseException], ...],
+         settings_hint: str = "--config.<field>=value") -> None:
+  """Runs an entry point: flags parsed, configs loaded, user errors one line.
+
+  Args:
+    prog: program name for messages (e.g. "train.py").
+    run: called with the loaded configs, in the order of ``config_flags``.
+    config_flags: flag holders of ml_collections config files.
+    user_errors: exceptions that are the user's to fix: reported as
+      ``prog: error: <one line>`` with exit status 2, no traceback.
+    settings_hint: where settings go, for stray positional arguments.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def body(argv: list[str]) -> None:
+    if len(argv) > 1:
+      fail(prog, f"unexpected arguments {argv[1:]}; settings go in "
+           f"{settings_hint}.")
+    try:
+      configs = [holder.value for holder in config_flags]
+      for config in configs:
+        list(config.keys())  # a config file that failed to load raises here
+    except Exception as e:  # pylint: disable=broad-except
+      # config_flags defers a config file that failed to load to this access.
+      fail(prog, f"--config: {one_line(e)}")
+    from lfr_jax import training  # pylint: disable=g-import-not-at-top
+    training.quiet_library_logs()
+    try:
+      run(*configs)
+    except user_errors as e:
+      fail(prog, one_line(e))
+
+  sys.argv = resolve_preset(sys.argv)
+  app.run(body, flags_parser=flags_parser(prog))

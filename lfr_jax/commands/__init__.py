@@ -1,0 +1,10 @@
+"""The command-line programs: ``train.py`` / ``lfr-train`` and ``evaluate.py`` / ``lfr-evaluate``.
+
+Each module defines its absl flags and a ``run`` function, and ``entry()``
+runs it through :func:`lfr_jax.cli.main` (one-line user errors, exit status
+2). The repository's ``train.py`` and ``evaluate.py`` and the installed
+console scripts call the same ``entry()``::
+
+    lfr-train --config=mnist_lfr:quick --workdir=runs/mnist_lfr_quick
+    lfr-evaluate --workdir=runs/mnist_lfr_quick --config.eval.num_examples=500
+"""
