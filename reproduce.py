@@ -296,6 +296,15 @@ def write_training_curves(results_dir: str) -> str | None:
   return path
 
 
+def _copy_scrubbed(src: str, dest: str) -> None:
+  """Copies a text file without this machine's absolute paths."""
+  from tools import curve  # pylint: disable=g-import-not-at-top
+  with open(src) as f:
+    text = curve.scrub(f.read())
+  with open(dest, "w") as f:
+    f.write(text)
+
+
 def stage_collect(root: str, rows: list[Row]) -> None:
   """Copies each row's small results into docs/results/<row>/."""
   for row in rows:
@@ -309,7 +318,7 @@ def stage_collect(root: str, rows: list[Row]) -> None:
                       (src_eval, "command.json")):
       if os.path.isfile(os.path.join(src, name)):
         out_name = "train_summary.json" if name == "summary.json" else name
-        shutil.copyfile(os.path.join(src, name), os.path.join(dest, out_name))
+        _copy_scrubbed(os.path.join(src, name), os.path.join(dest, out_name))
   write_training_curves(RESULTS_DIR)
   figures = os.path.join(root, "eval", "figures")
   if os.path.isdir(figures):
@@ -320,15 +329,15 @@ def stage_collect(root: str, rows: list[Row]) -> None:
         small_png(path, os.path.join(dest, os.path.basename(path)))
     for name in ("robustness.json", "command.json"):
       if os.path.isfile(os.path.join(figures, name)):
-        shutil.copyfile(os.path.join(figures, name), os.path.join(dest, name))
+        _copy_scrubbed(os.path.join(figures, name), os.path.join(dest, name))
   sweep_root = os.path.join(root, "sweep")
   if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
     dest = os.path.join(RESULTS_DIR, "sweep")
     os.makedirs(dest, exist_ok=True)
     for name in ("sweep.json", "sweep.md", "command.json"):
       if os.path.isfile(os.path.join(sweep_root, name)):
-        shutil.copyfile(os.path.join(sweep_root, name),
-                        os.path.join(dest, name))
+        _copy_scrubbed(os.path.join(sweep_root, name),
+                       os.path.join(dest, name))
     if os.path.isfile(os.path.join(sweep_root, "sweep.png")):
       small_png(os.path.join(sweep_root, "sweep.png"),
                 os.path.join(dest, "sweep.png"))
