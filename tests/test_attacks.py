@@ -10,7 +10,7 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lfr_jax import attacks, data, losses
+from lfr_jax import attacks, losses
 
 # ---------------------------------------------------------------- helpers --
 
@@ -162,16 +162,32 @@ def test_pgd_l2_reaches_closed_form_optimum():
 # --------------------------------------------------- exact relationships --
 
 
-def test_bim_is_pgd_without_random_start_and_mifgsm_without_momentum():
+def reference_bim(logits_fn, x, y, eps, step_size, num_steps):
+  """Kurakin et al.'s iteration, written out: sign steps of the CE from x,
+  clipped to the eps-box around x and to [0, 1] after every step."""
+  def total_ce(z):
+    logits = logits_fn(z)
+    logp = logits - jax.scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    return -jnp.take_along_axis(logp, y[:, None], axis=1).sum()
+
+  z = x
+  for _ in range(num_steps):
+    z = z + step_size * jnp.sign(jax.grad(total_ce)(z))
+    z = jnp.clip(jnp.minimum(jnp.maximum(z, x - eps), x + eps), 0.0, 1.0)
+  return z
+
+
+def test_bim_matches_its_iteration_and_mifgsm_without_momentum_is_bim():
   x, y = tiny_batch(0)
   key = jax.random.key(0)
-  kw = dict(eps=0.2, step_size=0.05, num_steps=4)
+  kw = dict(eps=0.2, step_size=0.05, num_steps=6)
   x_bim = attacks.bim(tiny_logits, x, y, key, **kw)
-  np.testing.assert_array_equal(
-      x_bim, attacks.pgd(tiny_logits, x, y, key, random_start=False, **kw))
-  # With decay 0, sign(grad / ||grad||_1) = sign(grad).
+  want = reference_bim(tiny_logits, x, y, **kw)
+  np.testing.assert_allclose(x_bim, want, atol=1e-6)
+  assert float(jnp.abs(want - x).max()) > 0.1  # it moved past one step
+  # With decay 0, sign(grad / ||grad||_1) = sign(grad): the same iteration.
   np.testing.assert_allclose(
-      attacks.mifgsm(tiny_logits, x, y, key, decay=0.0, **kw), x_bim,
+      attacks.mifgsm(tiny_logits, x, y, key, decay=0.0, **kw), want,
       atol=1e-6)
 
 
@@ -191,6 +207,27 @@ def test_pgd_restarts_keep_per_example_worst():
     np.testing.assert_allclose(x_best[i], worst[i], atol=1e-6)
 
 
+def test_apgd_step_halving_reaches_an_interior_optimum():
+  """Two classes with z_1 = -||x - c||^2 and z_0 = 0: the CE peaks at c,
+  strictly inside the ball, and is never misclassified, so APGD returns its
+  best point. A constant step of 2 eps (APGD's first) jumps across c from
+  face to face of the ball; only the halving at the checkpoints closes in."""
+  eps, n = 0.1, 4
+  x = jax.random.uniform(jax.random.key(0), (n, 4, 4, 1), minval=0.2,
+                         maxval=0.8)
+  u = jax.random.uniform(jax.random.key(1), x.shape, minval=-1, maxval=1)
+  c = x + 0.6 * eps * u
+
+  def logits_fn(z):
+    z1 = -jnp.sum(jnp.square((z - c).reshape(n, -1)), axis=1)
+    return jnp.stack([jnp.zeros_like(z1), z1], axis=1)
+
+  y = jnp.zeros((n,), jnp.int32)
+  x_adv = jax.jit(functools.partial(attacks.apgd, logits_fn, eps=eps,
+                                    num_steps=100))(x, y, jax.random.key(2))
+  assert float(jnp.abs(x_adv - c).max()) < 0.05 * eps
+
+
 def test_apgd_checkpoints_match_paper_formula():
   p = [0.0, 0.22]
   while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
@@ -205,6 +242,30 @@ def test_apgd_checkpoints_match_paper_formula():
 def test_bucket_sizes():
   assert [attacks._bucket(m, 200) for m in (1, 2, 3, 5, 64, 65, 150, 200)] == \
       [1, 2, 4, 8, 64, 128, 200, 200]
+
+
+def test_ddn_finds_the_closed_form_minimal_l2_distance():
+  """For two linear classes the smallest l2 perturbation that flips the
+  label has length |z_1 - z_0| / ||w_1 - w_0||; DDN must not beat it (it
+  cannot) and must come within 1% of it."""
+  kw, kx = jax.random.split(jax.random.key(0))
+  w = jax.random.normal(kw, (D, 2))
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  x = jax.random.uniform(kx, (6, 4, 4, 1), minval=0.35, maxval=0.65)
+  z = np.asarray(logits_fn(x), np.float64)
+  y = jnp.asarray(z.argmax(1))
+  normal = np.asarray(w[:, 1] - w[:, 0], np.float64)
+  distance = np.abs(z[:, 1] - z[:, 0]) / np.linalg.norm(normal)
+  # The closest flipped point lies inside [0, 1], so the box does not bind.
+  closest = flat(x) + (distance / np.linalg.norm(normal))[:, None] * (
+      np.where(np.asarray(y) == 0, 1.0, -1.0)[:, None] * normal)
+  assert closest.min() > 0 and closest.max() < 1
+  x_adv, norms = jax.jit(functools.partial(attacks.ddn, logits_fn,
+                                           num_steps=50))(x, y,
+                                                          jax.random.key(1))
+  assert np.all(np.asarray(jnp.argmax(logits_fn(x_adv), 1)) != np.asarray(y))
+  ratio = np.asarray(norms) / distance
+  assert np.all(ratio >= 1 - 1e-4) and np.all(ratio <= 1.01), ratio
 
 
 # -------------------------------------------------- jit, tracing and vmap --
@@ -332,13 +393,10 @@ def _mlp(params, x):
 
 
 @pytest.fixture(scope="module")
-def mnist():
+def mnist(mnist_train, mnist_test):
   """Undefended 784-128-10 MLP (300 Adam steps, 4k images), 200 test images."""
-  try:
-    x_train, y_train = data.load_mnist_idx("train")
-    x_test, y_test = data.load_mnist_idx("test")
-  except data.DataError as e:
-    pytest.skip(f"MNIST not available: {e}")
+  x_train, y_train = mnist_train
+  x_test, y_test = mnist_test
   x_train, y_train = jnp.asarray(x_train[:4000]), jnp.asarray(y_train[:4000])
   k1, k2 = jax.random.split(jax.random.key(0))
   params = {"w1": jax.random.normal(k1, (784, 128)) * (2 / 784) ** 0.5,

@@ -12,7 +12,7 @@
 
 The PyTorch parts skip without torch (``pip install torch``), the
 torchattacks run without torchattacks, the APGD run without the MNIST files
-(``$LFR_DATA_DIR``). Run with ``pytest tests/test_bench.py -q``.
+(``$LFR_DATA_DIR`` or the repository's ``data/mnist/``). Run with ``pytest tests/test_bench.py -q``.
 """
 
 import importlib
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from lfr_jax import interop
+from lfr_jax import mnist
 from lfr_jax import objectives
 from lfr_jax import regularizers
 
@@ -49,8 +50,10 @@ def _importable(name: str) -> bool:
 
 HAS_TORCH = _importable("torch")
 HAS_TORCHATTACKS = HAS_TORCH and _importable("torchattacks")
-HAS_MNIST = os.path.isfile(os.path.join(os.environ.get("LFR_DATA_DIR", ""),
-                                        "t10k-images-idx3-ubyte.gz"))
+# Configured MNIST (LFR_DATA_DIR or the embedded copy); a configured but
+# broken folder makes the script, and so its test, fail.
+HAS_MNIST = bool(os.environ.get("LFR_DATA_DIR")) or os.path.isdir(
+    mnist.EMBEDDED_DIR)
 
 # Tiny settings per script; None where a dependency is missing.
 SMOKE = {
@@ -93,8 +96,8 @@ def _start_smoke_runs(smoke_runs):
 
 def _finish(smoke_runs, name):
   if SMOKE[name] is None:
-    pytest.skip(f"{name} needs a missing dependency (torch, torchattacks or "
-                "the MNIST files)")
+    pytest.skip(f"{name} needs a missing dependency: torch, torchattacks or "
+                "the MNIST files (LFR_DATA_DIR unset and no data/mnist/)")
   out, err = smoke_runs[name].communicate(timeout=300)
   assert smoke_runs[name].returncode == 0, err[-3000:]
   return out

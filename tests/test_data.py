@@ -8,19 +8,14 @@ import pytest
 
 from lfr_jax import data
 
-MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
-    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
-
 # Label counts of the original MNIST files.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")
-def mnist():
-  return data.load({"name": "mnist", "source": "idx", "dir": MNIST_DIR,
+def mnist(mnist_dir):
+  return data.load({"name": "mnist", "source": "idx", "dir": mnist_dir,
                     "validation_size": 5000})
 
 
@@ -31,7 +26,7 @@ def _toy_split(n=40):
                     np.arange(n))
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_mnist_splits_shapes_and_label_counts(mnist):
   assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (
       55000, 5000, 10000)
@@ -44,19 +39,19 @@ def test_mnist_splits_shapes_and_label_counts(mnist):
   assert 0.0 <= x.min() and x.max() <= 1.0 and y.dtype == np.int32
 
 
-@needs_mnist
-def test_mnist_idx_reader_whole_split():
-  x, y = data.load_mnist_idx("test", MNIST_DIR)
+@pytest.mark.mnist
+def test_mnist_idx_reader_whole_split(mnist_dir):
+  x, y = data.load_mnist_idx("test", mnist_dir)
   assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
   assert np.bincount(y).tolist() == TEST_COUNTS
 
 
-@needs_mnist
-def test_validation_is_held_out_from_the_end_of_train(mnist):
+@pytest.mark.mnist
+def test_validation_is_held_out_from_the_end_of_train(mnist, mnist_dir):
   train, val = set(mnist.train.indices), set(mnist.validation.indices)
   assert not train & val
   assert min(val) == 55000 and max(val) == 59999
-  small = data.load({"name": "mnist", "dir": MNIST_DIR, "train_size": 1000,
+  small = data.load({"name": "mnist", "dir": mnist_dir, "train_size": 1000,
                      "validation_size": 100})
   assert len(small.train) == 1000 and not (
       set(small.train.indices) & set(small.validation.indices))
@@ -126,10 +121,10 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
     data.load({"name": "svhn"})
 
 
-@needs_mnist
-def test_split_sizes_must_fit():
+@pytest.mark.mnist
+def test_split_sizes_must_fit(mnist_dir):
   with pytest.raises(data.DataError, match="validation_size"):
-    data.load({"name": "mnist", "dir": MNIST_DIR, "validation_size": 60000})
+    data.load({"name": "mnist", "dir": mnist_dir, "validation_size": 60000})
 
 
 def test_prefetch_keeps_order_and_reraises():

@@ -12,11 +12,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
-pytestmark = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
-    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
-
 SMOKE = "--config=configs/evaluate.py:smoke"
 
 
@@ -27,7 +22,7 @@ def run_script(script, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, mnist_dir):
   from configs import mnist_standard
   from lfr_jax import training
   workdir = str(tmp_path_factory.mktemp("runs") / "standard")
@@ -158,6 +153,7 @@ def test_torch_checkpoint_row(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.mnist
 def test_sweep_trains_evaluates_and_plots(tmp_path):
   root = tmp_path / "sweep"
   args = ["--config=configs/mnist_lfr.py:smoke", "--lams=0,0.02",
@@ -204,6 +200,7 @@ def test_parse_checkpoint():
       evaluate.parse_checkpoint(bad)
 
 
+@pytest.mark.mnist
 def test_kept_epoch_checkpoints_load_by_epoch(tmp_path):
   """Rows of kept epoch ends: the right parameters, nothing deleted."""
   import jax

@@ -17,19 +17,12 @@ import pytest
 
 from lfr_jax import attacks
 from lfr_jax import config_check
-from lfr_jax import data
 from lfr_jax import evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs import evaluate as eval_configs  # noqa: E402
-
-MNIST_DIR = os.environ.get("LFR_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
-    reason="MNIST IDX files not found (set LFR_DATA_DIR)")
-
 
 def linear(params, x):
   return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
@@ -41,10 +34,8 @@ def quantized(params, x):
 
 
 @pytest.fixture(scope="module")
-def mnist():
-  if not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
-    pytest.skip("MNIST IDX files not found (set LFR_DATA_DIR)")
-  x_train, y_train = data.load_mnist_idx("train")
+def mnist(mnist_train):
+  x_train, y_train = mnist_train
   x, y, info = evaluation.load_test_data({"name": "mnist"}, 64)
   return x_train[:2000], y_train[:2000], x, y, info
 
@@ -90,8 +81,14 @@ def _statuses(row):
   return {c.name: c.status for c in row.checks}
 
 
-@needs_mnist
-def test_every_column_present_and_accuracies_bounded(report):
+def _cells(line):
+  return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+@pytest.mark.mnist
+def test_every_column_present_with_independently_computed_cells(
+    mnist, params, report):
+  _, _, x, y, _ = mnist
   table = evaluation.main_table(report)
   header = table.splitlines()[0]
   for label in ("clean", "PGD-2", "FGSM (LFR)", "MI-FGSM (LFR)",
@@ -100,24 +97,43 @@ def test_every_column_present_and_accuracies_bounded(report):
     assert label in header, label
   assert [a.name for a in report.columns] + ["worst"] == list(
       evaluation.ATTACK_NAMES)
-  for row in report.rows:
-    assert row.acc("clean") > 0.8
-    m = evaluation.metrics(row, report)
-    for k, v in m.items():
-      if "median_l2" not in k:
-        assert 0.0 <= v <= 1.0, (k, v)
+  w, b = np.asarray(params["w"], np.float64), np.asarray(params["b"])
+  x = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+  y = np.asarray(y)
+  z = x @ w + b
+  clean = z.argmax(1) == y
+  # Textbook FGSM on a linear softmax model, by hand: one step of eps along
+  # sign(W (softmax(z) - e_y)), clipped to [0, 1].
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  grad = (p - np.eye(10)[y]) @ w.T
+  x_fgsm = np.clip(x + 0.3 * np.sign(grad), 0.0, 1.0)
+  fgsm_robust = clean & ((x_fgsm @ w + b).argmax(1) == y)
+  row = report.rows[0]
+  np.testing.assert_array_equal(row.clean, clean)
+  np.testing.assert_array_equal(row.robust["fgsm"], fgsm_robust)
+  assert clean.mean() > 0.8 and fgsm_robust.mean() < clean.mean() - 0.3
+  # The table shows these numbers, in percent.
+  cells = dict(zip(_cells(header), _cells(next(
+      l for l in table.splitlines() if l.startswith("| linear")))))
+  assert float(cells["clean"].rstrip("%")) == pytest.approx(
+      100 * clean.mean(), abs=0.006)
+  assert float(cells["FGSM"].rstrip("%")) == pytest.approx(
+      100 * fgsm_robust.mean(), abs=0.006)
+  # Worst case: robust only if robust to every l_inf column (DDN is l2 and
+  # not part of it).
+  for r in report.rows:
     linf = [a.name for a in report.columns if a.threat == "linf"]
-    for name in linf + ["clean"]:
-      assert m["worst"] <= m[name]
-      # Per example: robust in the worst case implies robust to each attack.
-      v = row.clean if name == "clean" else row.robust[name]
-      assert not np.any(row.robust["worst"] & ~v)
-  linear_row = report.rows[0]
-  assert linear_row.acc("pgd") <= 0.05  # a linear model is not robust
+    assert "ddn_lfr" not in linf and len(linf) == 7
+    want = r.clean.copy()
+    for name in linf:
+      want &= r.robust[name]
+    np.testing.assert_array_equal(r.robust["worst"], want)
+  assert report.rows[0].acc("pgd") <= 0.05  # a linear model is not robust
   assert "not robust accuracies" in evaluation.to_markdown(report)
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_honest_model_passes_the_masking_checks(report):
   row = report.rows[0]
   assert len(row.checks) == len(evaluation.CHECK_NAMES)
@@ -127,7 +143,7 @@ def test_honest_model_passes_the_masking_checks(report):
     assert "%" in line or "->" in line  # each line names its numbers
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_masked_model_triggers_warnings(report):
   status = _statuses(report.rows[1])
   assert status["gradient-free not stronger"] == "WARN"
@@ -138,7 +154,7 @@ def test_masked_model_triggers_warnings(report):
   assert len(lines) == 1 and "gradients are masked" in lines[0]
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_report_files_record_settings_versions_hardware(report, tmp_path):
   paths = evaluation.write_report(report, tmp_path)
   for key in ("md", "csv", "json", "npz"):
@@ -237,7 +253,122 @@ def test_noise_tolerance_and_ddn_summary():
   assert s["acc_at_budget"] == pytest.approx(2 / 5)
 
 
-@needs_mnist
+# ------------------------------------------------ masking-check thresholds --
+
+M = 100  # examples of the synthetic rows below
+
+
+def tolerance(p, n=M):
+  """The documented noise band: one example plus two binomial std errors."""
+  return 1.0 / n + 2.0 * np.sqrt(p * (1.0 - p) / n)
+
+
+def first(fraction, n=M):
+  """n flags whose first round(fraction * n) are True."""
+  return np.arange(n) < int(round(fraction * n))
+
+
+HEALTHY = {"fgsm_lfr": 0.6, "fgsm": 0.7, "mifgsm_lfr": 0.6, "mifgsm": 0.6,
+           "pgd": 0.5, "apgd_ce": 0.5, "apgd_t": 0.5, "pgd_more": 0.5,
+           "pgd_large": 0.0, "random_search": 0.9,
+           "sweep": (0.9, 0.5), "ddn_failures": 0,
+           "trace": tuple(np.linspace(1.0, 2.0, 11))}
+LABELS = {"clean": "clean", "pgd": "PGD-40", "fgsm_lfr": "FGSM (LFR)",
+          "fgsm": "FGSM", "mifgsm_lfr": "MI-FGSM (LFR)", "mifgsm": "MI-FGSM",
+          "apgd_ce": "APGD-CE", "apgd_t": "APGD-T", "worst": "worst case"}
+
+
+def synthetic_checks(**changes):
+  """Statuses of the masking checks of a row with the given accuracies."""
+  v = {**HEALTHY, **changes}
+  robust = {k: first(v[k]) for k in LABELS if k not in ("clean", "worst")}
+  norms = np.full(M, 1.5)
+  norms[:v["ddn_failures"]] = np.inf
+  row = evaluation.RowResult(
+      label="synthetic", info={}, y=np.zeros(M, np.int32),
+      clean=np.ones(M, bool), robust=robust,
+      sweep={"pgd": {0.1: first(v["sweep"][0]), 0.3: first(v["sweep"][1])}},
+      check_data={
+          "m": M, "pgd_more": first(v["pgd_more"]),
+          "pgd_more_label": "PGD-100 x2", "pgd_large": first(v["pgd_large"]),
+          "pgd_large_label": "PGD-100", "ddn_norms": norms,
+          "ddn_label": "DDN-100", "random_search": first(v["random_search"]),
+          "random_search_label": "random search",
+          "trace": np.asarray(v["trace"])})
+  cfg = {"large_eps": 0.5, "large_eps_max_acc": 0.05}
+  checks = evaluation.masking_checks(row, cfg, LABELS)
+  assert [c.name for c in checks] == list(evaluation.CHECK_NAMES)
+  return {c.name: c.status for c in checks}
+
+
+def rising_trace(drops, steps=10):
+  """A rising mean-CE trace with ``drops`` decreases of 5% of the rise."""
+  trace = [1.0]
+  for i in range(steps):
+    trace.append(trace[-1] - 0.05 if i < drops else trace[-1] + 0.3)
+  return tuple(trace)
+
+
+ITERATIVE = HEALTHY["fgsm_lfr"]          # the lower single-step accuracy
+WHITE_BOX = HEALTHY["pgd"]               # the white-box worst case
+BASE = HEALTHY["pgd"]
+
+
+THRESHOLD_CASES = [
+    # 1. iterative <= single-step (+ noise), the band computed here.
+    ("iterative <= single-step",
+     dict(pgd=ITERATIVE + 0.5 * tolerance(ITERATIVE)), "PASS"),
+    ("iterative <= single-step",
+     dict(pgd=ITERATIVE + 1.5 * tolerance(ITERATIVE)), "WARN"),
+    ("iterative <= single-step",
+     dict(apgd_ce=ITERATIVE + 1.5 * tolerance(ITERATIVE)), "WARN"),
+    # 2. accuracy falls with eps.
+    ("accuracy falls with eps", dict(sweep=(0.5, 0.5 + 0.5 * tolerance(0.5))),
+     "PASS"),
+    ("accuracy falls with eps", dict(sweep=(0.5, 0.5 + 1.5 * tolerance(0.5))),
+     "WARN"),
+    # 3. at most large_eps_max_acc (5%) at eps 0.5.
+    ("~0% at large eps", dict(pgd_large=0.05), "PASS"),
+    ("~0% at large eps", dict(pgd_large=0.06), "WARN"),
+    # 4. unbounded DDN breaks every correct point.
+    ("unbounded DDN reaches 100%", dict(ddn_failures=1), "WARN"),
+    # 5. more steps/restarts within the band of max(base, more), both ways.
+    ("more steps/restarts", dict(pgd_more=BASE + 0.5 * tolerance(0.6)),
+     "PASS"),
+    ("more steps/restarts", dict(pgd_more=BASE + 1.5 * tolerance(0.7)),
+     "WARN"),
+    ("more steps/restarts", dict(pgd_more=BASE - 1.5 * tolerance(BASE)),
+     "WARN"),
+    # 6. gradient-free not below the white-box worst case - noise.
+    ("gradient-free not stronger",
+     dict(random_search=WHITE_BOX - 0.5 * tolerance(WHITE_BOX)), "PASS"),
+    ("gradient-free not stronger",
+     dict(random_search=WHITE_BOX - 1.5 * tolerance(WHITE_BOX)), "WARN"),
+    # 7. the loss rises and drops in at most 20% of the steps.
+    ("attack loss rises", dict(trace=rising_trace(2)), "PASS"),
+    ("attack loss rises", dict(trace=rising_trace(3)), "WARN"),
+    ("attack loss rises", dict(trace=tuple(np.linspace(2.0, 1.0, 11))),
+     "WARN"),
+]
+
+
+SHORT = dict(zip(evaluation.CHECK_NAMES, (
+    "iterative", "sweep", "large_eps", "ddn", "more_steps", "gradient_free",
+    "loss_rises")))
+
+
+@pytest.mark.parametrize("check, changes, status", THRESHOLD_CASES, ids=[
+    f"{SHORT[c]}-{s.lower()}" for c, _, s in THRESHOLD_CASES])
+def test_masking_check_thresholds(check, changes, status):
+  """Each check's PASS/WARN on either side of its documented threshold."""
+  statuses = synthetic_checks(**changes)
+  assert statuses[check] == status, statuses
+  # Every other check keeps its healthy status.
+  healthy = synthetic_checks()
+  assert healthy == {name: "PASS" for name in evaluation.CHECK_NAMES}
+
+
+@pytest.mark.mnist
 def test_geometry_figures_and_numbers(mnist, params, tmp_path):
   _, _, x, y, info = mnist
   models = [evaluation.Model("linear", linear, params),

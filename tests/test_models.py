@@ -195,23 +195,75 @@ def test_dropout(name, kwargs):
     _apply(net, x, train=True)
 
 
+# name -> (state path of the first BatchNorm, params path of the conv feeding
+# it, its stride, its padding): the stem of each model.
+FIRST_BN = {
+    "ds_cifar_convnet": (("bns", 0), ("convs", 0), 1, 1),
+    "wide_resnet": (("blocks", 0, "bn1"), ("conv1",), 1, 1),
+    "resnet": (("bn1",), ("conv1",), 2, 3),
+}
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def test_batchnorm_layer_statistics_by_hand():
+  """Batch mode normalizes by this batch's mean and (biased) variance,
+  computed here with numpy, and moves the running averages by 0.1."""
+  bn = layers.BatchNorm(3)
+  bn.scale[...] = jnp.array([0.5, 1.0, 2.0])
+  bn.bias[...] = jnp.array([0.1, -0.2, 0.3])
+  x = jax.random.normal(jax.random.key(0), (5, 4, 4, 3)) * 2.0 + 1.0
+  out = bn(x, "batch")
+  xs = np.asarray(x, np.float64)
+  mean, var = xs.mean(axis=(0, 1, 2)), xs.var(axis=(0, 1, 2))
+  want = (xs - mean) / np.sqrt(var + 1e-5) * [0.5, 1.0, 2.0] + [0.1, -0.2, 0.3]
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(bn.snap_mean[...], mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bn.snap_var[...], var, rtol=1e-5)
+  np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * var, rtol=1e-5)
+  # Frozen mode reuses the snapshot for a different batch.
+  x2 = x[:2] * 3.0
+  want2 = ((np.asarray(x2, np.float64) - mean) / np.sqrt(var + 1e-5)
+           * [0.5, 1.0, 2.0] + [0.1, -0.2, 0.3])
+  np.testing.assert_allclose(bn(x2, "frozen"), want2, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", BN_MODELS)
 def test_bn_batch_mode_updates_state(name):
   net, x = _create(name), _input(name)
   _, new = _apply(net, x, bn_mode="batch")
-  mean0, var0 = _bn_leaves(net.state, "mean"), _bn_leaves(net.state, "var")
+  # The first BatchNorm's statistics, from its input computed here: the stem
+  # convolution of x (no bias).
+  bn_path, conv_path, stride, pad = FIRST_BN[name]
+  stem = lax.conv_general_dilated(
+      x, _at(net.params, conv_path)["kernel"][...], (stride, stride),
+      ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  stem = np.asarray(stem, np.float64)
+  mean, var = stem.mean(axis=(0, 1, 2)), stem.var(axis=(0, 1, 2))
+  first = _at(new.state, bn_path)
+  np.testing.assert_allclose(first["snap_mean"][...], mean, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(first["snap_var"][...], var, rtol=1e-4)
+  np.testing.assert_allclose(first["mean"][...], 0.1 * mean, rtol=1e-4,
+                             atol=1e-7)
+  np.testing.assert_allclose(first["var"][...], 0.9 + 0.1 * var, rtol=1e-4)
+  # Every BatchNorm: running averages move from their init (0, 1) by 0.1
+  # towards statistics that are not the init's.
   mean1, var1 = _bn_leaves(new.state, "mean"), _bn_leaves(new.state, "var")
   snap_m = _bn_leaves(new.state, "snap_mean")
   snap_v = _bn_leaves(new.state, "snap_var")
-  assert mean0 and len(mean0) == len(snap_m) == len(snap_v)
-  for (path, m0), m1, v0, v1, sm, sv in zip(
-      mean0.items(), mean1.values(), var0.values(), var1.values(),
-      snap_m.values(), snap_v.values(), strict=True):
-    assert not np.allclose(m1, m0), path
+  assert mean1 and len(mean1) == len(snap_m) == len(snap_v)
+  for (path, m1), v1, sm, sv in zip(mean1.items(), var1.values(),
+                                    snap_m.values(), snap_v.values(),
+                                    strict=True):
     assert not np.allclose(sv, 1.0), path
-    # Running averages move towards the snapshot of this batch's statistics.
-    np.testing.assert_allclose(m1, 0.9 * m0 + 0.1 * sm, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(v1, 0.9 * v0 + 0.1 * sv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m1, 0.1 * sm, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v1, 0.9 + 0.1 * sv, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", BN_MODELS)

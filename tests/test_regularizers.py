@@ -143,6 +143,93 @@ def test_inner_maximization_increases_gradient_norm():
   assert jnp.all((x_worst >= 0) & (x_worst <= 1))
 
 
+def test_lfr_inner_max_at_a_binding_radius_matches_reference_sign_pgd():
+  """eps = 0.05 with ten steps of 0.01: the ball binds. The inner maximum is
+  the sign-PGD of LFR Eq. 3 written out here (start x + 0.001 N(0, 1), step
+  along sign d/dx' ||d CE/dx'||_1, clip to the ball and to [0, 1]), in
+  float64; x_worst reaches eps in every example wherever [0, 1] does not
+  bind."""
+  eps, step_size, num_steps = 0.05, 0.01, 10
+  with jax.enable_x64(True):
+    k1, k2, kx, key = jax.random.split(jax.random.key(0), 4)
+    params = (jax.random.normal(k1, (H * W * C, 12), jnp.float64) * 0.3,
+              jax.random.normal(k2, (12, CLASSES), jnp.float64))
+    logits_fn = functools.partial(softplus_mlp, params)
+    x = jnp.clip(jax.random.uniform(kx, (N, H, W, C), jnp.float64, -0.2, 1.2),
+                 0.0, 1.0)
+    y = jnp.arange(N) % CLASSES
+
+    def summed_l1(z):
+      def total_ce(v):
+        logits = logits_fn(v)
+        return (jax.scipy.special.logsumexp(logits, axis=1)
+                - logits[jnp.arange(N), y]).sum()
+      return jnp.abs(jax.grad(total_ce)(z)).sum()
+
+    def clip(z):
+      return jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
+
+    ascent = jax.jit(jax.grad(summed_l1))
+    want = clip(x + 1e-3 * jax.random.normal(key, x.shape, jnp.float64))
+    for _ in range(num_steps):
+      want = clip(want + step_size * jnp.sign(ascent(want)))
+
+    value, x_worst = jax.jit(functools.partial(
+        regularizers.local_flatness, logits_fn, eps=eps, step_size=step_size,
+        num_steps=num_steps))(x, y, key)
+    np.testing.assert_allclose(x_worst, want, atol=1e-12)
+    free = np.asarray((x >= eps) & (x <= 1 - eps)).reshape(N, -1)
+    moved = np.abs(np.asarray(x_worst - x)).reshape(N, -1)
+    for i in range(N):
+      np.testing.assert_allclose(moved[i][free[i]].max(), eps, rtol=1e-9)
+    assert np.mean(np.isclose(moved[free], eps)) > 0.5
+    assert moved.max() <= eps * (1 + 1e-12)
+    g = jax.grad(lambda z: (jax.scipy.special.logsumexp(logits_fn(z), axis=1)
+                            - logits_fn(z)[jnp.arange(N), y]).sum())(x_worst)
+    np.testing.assert_allclose(value, jnp.abs(g).reshape(N, -1).sum(1),
+                               rtol=1e-10)
+
+
+def test_trades_inner_max_ascends_kl_from_clean_to_adversarial():
+  """TRADES' inner max is sign-PGD on KL(p(x) || p(x')) from x + 0.001 N(0,1)
+  (Zhang et al. 2019), written out here in float64; with eight steps of
+  0.02 in a ball of 0.3 every step's sign counts, and ascending the reversed
+  KL(p(x') || p(x)) ends elsewhere. The value is KL(p(x) || p(x_adv))."""
+  eps, step_size, num_steps = 0.3, 0.02, 8
+  with jax.enable_x64(True):
+    k1, k2, kx, key = jax.random.split(jax.random.key(1), 4)
+    params = (jax.random.normal(k1, (H * W * C, 12), jnp.float64) * 0.3,
+              jax.random.normal(k2, (12, CLASSES), jnp.float64))
+    logits_fn = functools.partial(softplus_mlp, params)
+    x = jnp.clip(jax.random.uniform(kx, (N, H, W, C), jnp.float64, -0.2, 1.2),
+                 0.0, 1.0)
+
+    def log_softmax(z):
+      return z - jax.scipy.special.logsumexp(z, axis=1, keepdims=True)
+
+    def kl(p_logits, q_logits):
+      log_p, log_q = log_softmax(p_logits), log_softmax(q_logits)
+      return (jnp.exp(log_p) * (log_p - log_q)).sum(axis=1)
+
+    def sign_pgd(objective):
+      ascent = jax.jit(jax.grad(objective))
+      clip = lambda z: jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
+      z = clip(x + 1e-3 * jax.random.normal(key, x.shape, jnp.float64))
+      for _ in range(num_steps):
+        z = clip(z + step_size * jnp.sign(ascent(z)))
+      return z
+
+    clean = logits_fn(x)
+    want = sign_pgd(lambda z: kl(clean, logits_fn(z)).sum())
+    reversed_kl = sign_pgd(lambda z: kl(logits_fn(z), clean).sum())
+    assert float(jnp.abs(want - reversed_kl).max()) > 0.1
+    value, x_adv = jax.jit(functools.partial(
+        regularizers.trades_kl, logits_fn, eps=eps, step_size=step_size,
+        num_steps=num_steps))(x, key)
+    np.testing.assert_allclose(x_adv, want, atol=1e-12)
+    np.testing.assert_allclose(value, kl(clean, logits_fn(want)), rtol=1e-10)
+
+
 @pytest.mark.parametrize("num_steps", [1, 4])
 def test_rolled_and_unrolled_loops_agree(num_steps):
   params = tiny_conv_params(jax.random.key(0))
@@ -165,6 +252,48 @@ def test_decision_jacobian_closed_form_on_linear_model():
   expected = jnp.abs(weight[:, y] - weight[:, runner_up]).sum(0)
   np.testing.assert_allclose(
       regularizers.decision_jacobian_norm(logits_fn, x, y), expected, rtol=1e-5)
+
+
+def test_decision_jacobian_squared_pixel_mean_on_linear_model():
+  """squared + pixel_mean is the mean of J^2 over pixels, what torch's .mean() gives."""
+  weight = jax.random.normal(jax.random.key(0), (H * W * C, CLASSES))
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weight
+  x, y = batch(jax.random.key(1))
+  logits = logits_fn(x)
+  runner_up = jnp.argmax(jnp.where(jax.nn.one_hot(y, CLASSES) > 0, -jnp.inf,
+                                   logits), -1)
+  jac = weight[:, y] - weight[:, runner_up]            # (d, N)
+  value = functools.partial(regularizers.decision_jacobian_norm, logits_fn, x,
+                            y, norm="l2")
+  np.testing.assert_allclose(value(squared=True), (jac ** 2).sum(0), rtol=1e-5)
+  np.testing.assert_allclose(value(pixel_mean=True),
+                             jnp.sqrt((jac ** 2).sum(0)) / (H * W * C),
+                             rtol=1e-5)
+  np.testing.assert_allclose(value(squared=True, pixel_mean=True),
+                             (jac ** 2).mean(0), rtol=1e-5)
+
+
+def test_decision_jacobian_scales_with_the_logits():
+  """Scaling the logits by s: an unsquared norm grows like s, a squared one like s^2.
+
+  So near zero logits the unsquared penalty's slope is c ||J||, which must
+  stay below the logit gap or the constant classifier wins; the squared
+  penalty's slope there is 0, so it never favours it.
+  """
+  params = tiny_conv_params(jax.random.key(0))
+  x, y = batch(jax.random.key(1))
+
+  def penalty(s, squared):
+    logits_fn = lambda z: s * tiny_conv_logits(params, z)
+    return regularizers.decision_jacobian_norm(
+        logits_fn, x, y, norm="l2", squared=squared).mean()
+
+  for s in (0.5, 0.01):
+    np.testing.assert_allclose(penalty(s, False), s * penalty(1.0, False),
+                               rtol=1e-5)
+    np.testing.assert_allclose(penalty(s, True), s ** 2 * penalty(1.0, True),
+                               rtol=1e-5)
+  assert float(penalty(1.0, False)) > 0.1
 
 
 def test_local_linearity_is_zero_at_eps_zero_and_grows_with_ascent():

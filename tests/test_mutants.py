@@ -1,0 +1,44 @@
+"""tools/mutants.py: every one-line bug of the core maths is caught.
+
+The fast test checks the mutant table against the code (each original text
+found exactly once, each named test present); the slow one applies every
+mutant to a temporary copy and runs its tests (see the README's development
+section for its run time).
+"""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tools import mutants  # noqa: E402
+
+
+def test_mutant_table_matches_the_code():
+  assert mutants.problems() == []
+  assert len(mutants.MUTANTS) >= 16
+
+
+def test_a_moved_original_is_reported_stale(tmp_path):
+  (tmp_path / "lfr_jax").mkdir()
+  (tmp_path / "lfr_jax" / "m.py").write_text("x = 1\nx = 1\n")
+  moved = mutants.Mutant("moved", "lfr_jax/m.py", "y = 2", "y = 3",
+                         ("tests/test_mutants.py::test_x",), "gone")
+  twice = mutants.Mutant("twice", "lfr_jax/m.py", "x = 1", "x = 2",
+                         ("tests/test_mutants.py::test_x",), "ambiguous")
+  found = mutants.problems([moved, twice], root=str(tmp_path))
+  assert any(p.startswith("moved: stale") for p in found)
+  assert any(p.startswith("twice: stale, its original occurs 2") for p in found)
+  assert mutants._try(moved, str(tmp_path), 10).status == "stale"
+
+
+@pytest.mark.slow
+def test_every_mutant_is_caught():
+  results = mutants.run(log=lambda line: print(line, flush=True))
+  print(mutants.table(results))
+  missed = [f"{r.mutant.name}: {r.status} {r.detail[-300:]}"
+            for r in results if r.status != "caught"]
+  assert not missed, "\n".join(missed)
