@@ -60,7 +60,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "nominal_weight": 2.0},
     "lfr": {"step_size": 0.01, "num_steps": 40, "lam": 0.02, "norm": "l1"},
     "gradient_norm": {"lam": 0.02, "norm": "l1"},
-    "decision_jacobian": {"c": 1.0, "norm": "l2"},
+    # Per-example ||J||_2, unsquared, summed over pixels; the MNIST preset
+    # uses the squared, pixel-mean form that its paper's c = 500 implies.
+    "decision_jacobian": {"c": 1.0, "norm": "l2", "squared": False,
+                          "pixel_mean": False},
 }
 _COMMON = {"unroll": True}
 
@@ -94,8 +97,33 @@ class _Views:
 
 
 def _metrics(views, y, loss, ce, reg):
-  acc = jnp.mean(jnp.argmax(views.clean_logits, -1) == y)
-  return {"loss": loss, "ce": ce, "reg": reg, "acc": acc}
+  logits = lax.stop_gradient(views.clean_logits)
+  acc = jnp.mean(jnp.argmax(logits, -1) == y)
+  return {"loss": loss, "ce": ce, "reg": reg, "acc": acc,
+          **collapse_metrics(logits, y)}
+
+
+def collapse_metrics(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+  """Two cheap signs of a constant classifier, from one batch's clean logits.
+
+  A regularizer that is zero for input-independent logits (LLR, the
+  unsquared decision-Jacobian penalty) can make the constant classifier the
+  optimum; such a model's logits do not vary over the batch, and its
+  accuracy is the frequency of the one class it predicts.
+
+  Args:
+    logits: (N, classes) clean logits.
+    y: (N,) labels.
+
+  Returns:
+    {"logit_spread": the std over the batch of each class's logit, averaged
+    over classes (0 iff the logits do not depend on the input), "majority":
+    the largest class frequency in the batch (the best accuracy a constant
+    classifier can reach on it)}.
+  """
+  spread = jnp.std(logits, axis=0).mean()
+  majority = jnp.max(jnp.mean(jax.nn.one_hot(y, logits.shape[-1]), axis=0))
+  return {"logit_spread": spread, "majority": majority}
 
 
 def _clean_ce(views, y):
@@ -159,11 +187,12 @@ def _gradient_norm(net, x, y, key, eps, *, lam, norm, unroll):
       views.outer, x, y, norm=norm))
 
 
-def _decision_jacobian(net, x, y, key, eps, *, c, norm, unroll):
+def _decision_jacobian(net, x, y, key, eps, *, c, norm, squared, pixel_mean,
+                       unroll):
   del eps, unroll
   views = _Views(net, x, key)
   return _penalized(views, y, c, regularizers.decision_jacobian_norm(
-      views.outer, x, y, norm=norm))
+      views.outer, x, y, norm=norm, squared=squared, pixel_mean=pixel_mean))
 
 
 _BUILDERS = {
@@ -183,6 +212,9 @@ def _check_settings(settings: dict[str, Any]) -> None:
   for weight in ("lam", "mu", "beta", "c", "nominal_weight"):
     if weight in settings:
       _validate.nonneg(weight, settings[weight])
+  for flag in ("squared", "pixel_mean"):
+    if flag in settings and not isinstance(settings[flag], bool):
+      raise ValueError(f"{flag} must be True or False, got {settings[flag]!r}.")
 
 
 def build(method: str, **settings) -> ObjectiveFn:
@@ -196,8 +228,9 @@ def build(method: str, **settings) -> ObjectiveFn:
   Returns:
     ``objective_fn(net, x, y, key, eps) -> (loss, (metrics, new_state))``
     where ``metrics`` holds scalar "loss", "ce" (clean cross-entropy), "reg"
-    (the method's regularizer or robust term) and "acc" (clean train-mode
-    accuracy), and ``new_state`` is the updated non-parameter model state.
+    (the method's regularizer or robust term), "acc" (clean train-mode
+    accuracy) and :func:`collapse_metrics`' "logit_spread" and "majority",
+    and ``new_state`` is the updated non-parameter model state.
 
   Raises:
     ValueError: unknown method, unknown setting, or invalid value.

@@ -329,24 +329,40 @@ def local_linearity(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
 
 
 def decision_jacobian_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
-                           norm: str = "l1") -> jax.Array:
+                           norm: str = "l1", squared: bool = False,
+                           pixel_mean: bool = False) -> jax.Array:
   """Norm of the decision value's input gradient (decision-surface paper, Eq. 11).
 
-  The decision value is L(x) = z_y - max_{i != y} z_i; its gradient is a
-  (sub)gradient at ties of the max.
+  The decision value is L(x) = z_y - max_{i != y} z_i; its gradient J is a
+  (sub)gradient at ties of the max. Eq. 11 leaves the normalization of its
+  ``L_norm`` open, and the weight it calls for depends on it: scaling the
+  logits by s scales ||J|| by s, so an unsquared norm of weight c makes the
+  constant classifier optimal unless the mean logit gap exceeds c ||J||,
+  whereas a squared norm has zero slope at s = 0 and never does.
 
   Args:
     logits_fn: x -> logits.
     x: (N, H, W, C) images in [0, 1].
     y: (N,) labels.
     norm: "l1", "l2" or "linf".
+    squared: return ||J||^2 (double backpropagation's squared penalty,
+      Drucker & Le Cun 1991) instead of ||J||.
+    pixel_mean: divide by the number of input entries d = H * W * C, so that
+      "l1" is the mean |J| and squared "l2" the mean J^2 over pixels (what
+      ``.mean()`` over a gradient tensor gives in PyTorch); scales a weight
+      by 1/d.
 
   Returns:
-    (N,) norms, differentiable with respect to the closed-over parameters.
+    (N,) values, differentiable with respect to the closed-over parameters.
   """
   _check_common(x, y, norm)
   jac = jax.grad(lambda z: losses.decision_value(logits_fn(z), y).sum())(x)
-  return per_example_norm(jac, norm)
+  value = per_example_norm(jac, norm)
+  if squared:
+    value = jnp.square(value)
+  if pixel_mean:
+    value = value / (jac.size // jac.shape[0])
+  return value
 
 
 def trades_ascent(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,

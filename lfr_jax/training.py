@@ -496,8 +496,8 @@ def collapse_message(step: int, window_steps: int, mean: dict[str, float]
           f"{100 * mean['acc']:.1f}% vs majority-class rate "
           f"{100 * mean['majority']:.1f}%, logit spread "
           f"{mean['logit_spread']:.2g} over the last {window_steps} steps); "
-          f"its robust accuracy would be the majority-class rate, not "
-          f"robustness. Lower the regularizer weight (or use eps warm-up).")
+          f"if it stays one, its robust accuracy is the majority-class rate, "
+          f"not robustness: lower the regularizer weight or warm eps up.")
 
 
 # ----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 METHOD_OF = {"standard": "standard", "at": "pgd_at", "trades": "trades",
              "llr": "llr", "lfr": "lfr", "gradient_norm": "gradient_norm",
              "decision_jacobian": "decision_jacobian",
-             "lfr_softplus": "lfr", "lfr_warmup": "lfr"}
+             "lfr_softplus": "lfr", "lfr_warmup": "lfr",
+             "llr_softplus": "llr"}
 
 
 def load(name, arg=None):
@@ -131,12 +132,22 @@ def test_paper_settings():
           lfr.data.batch_size, lfr.optim.decay_epochs, lfr.model.name) == (
               0.02, 0.3, 0.01, 40, 100, 0.01, 0.9, 128, (90.0,), "small_cnn")
   assert load("mnist_trades").trades.beta == 1.0
-  llr = load("mnist_llr").llr
-  assert (llr.lam, llr.mu, llr.nominal_weight) == (4.0, 3.0, 2.0)
+  # LLR's CIFAR-10 lam 4, mu 3 scaled from its eps 8/255 to MNIST's 0.3.
+  llr = load("mnist_llr")
+  assert (llr.llr.lam, llr.llr.mu, llr.llr.nominal_weight) == pytest.approx(
+      (4.0 * (8 / 255) / 0.3, 3.0 * (8 / 255) / 0.3, 2.0))
+  assert llr.inner.warmup_epochs == 15.0 and llr.model.activation == "relu"
+  assert load("mnist_llr", "repro").inner.warmup_epochs == pytest.approx(0.15)
+  soft = load("mnist_llr_softplus", "repro")
+  assert soft.model.activation == "softplus"
+  assert soft.llr.to_dict() == load("mnist_llr", "repro").llr.to_dict()
   gn = load("mnist_gradient_norm")
   assert gn.gradient_norm.norm == "l1" and gn.gradient_norm.lam == 0.02
   dj = load("mnist_decision_jacobian")
   assert dj.model.name == "ds_mnist_cnn" and dj.decision_jacobian.c == 500.0
+  # c = 500 on the mean over pixels of the squared l2 norm (see its docstring).
+  assert (dj.decision_jacobian.norm, dj.decision_jacobian.squared,
+          dj.decision_jacobian.pixel_mean) == ("l2", True, True)
   cifar = load("cifar10_llr")
   assert (cifar.model.depth, cifar.model.width, cifar.model.activation) == (
       28, 8, "softplus")
