@@ -14,7 +14,7 @@ or changed) is reported "stale"; update its entry. Any outcome other than
 
 Usage::
 
-    python tools/mutants.py                       # every mutant (~25 min on 2 cores)
+    python tools/mutants.py                       # every mutant (~10 min on 2 cores)
     python tools/mutants.py --only apgd_no_halving,lfr_eps_half
     python tools/mutants.py --list                # the table, nothing run
 """
