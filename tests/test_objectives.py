@@ -225,7 +225,11 @@ def reference(method, p, x, y, key, eps, settings):
     gain = p["scale"] / np.sqrt(p["var"] + BN_EPS)
     jac = gain * np.where(m_outer, 1 / (1 - DROPOUT), 0.0) * (
         p["w"][:, np.asarray(y)] - p["w"][:, r]).T
-    reg = np.sqrt((jac ** 2).sum(axis=1)).mean()
+    sq = (jac ** 2).sum(axis=1)
+    per_example = sq if settings.get("squared") else np.sqrt(sq)
+    if settings.get("pixel_mean"):
+      per_example = per_example / FEATURES
+    reg = per_example.mean()
     return ce + settings["c"] * reg, ce, reg
   raise AssertionError(method)
 
@@ -248,9 +252,20 @@ def test_value_cases_cover_registry():
   assert set(VALUE_CASES) == set(objectives.names())
 
 
-@pytest.mark.parametrize("method", sorted(VALUE_CASES))
+# Further settings whose value changes the formula.
+VARIANT_CASES = {
+    "decision_jacobian-squared-pixel_mean": (
+        "decision_jacobian", (3, 0.0, {"c": 0.7, "norm": "l2", "squared": True,
+                                       "pixel_mean": True})),
+}
+
+
+@pytest.mark.parametrize("method", sorted(VALUE_CASES) + sorted(VARIANT_CASES))
 def test_objective_value_matches_float64_reference(method):
-  classes, eps, settings = VALUE_CASES[method]
+  if method in VARIANT_CASES:
+    method, (classes, eps, settings) = VARIANT_CASES[method]
+  else:
+    classes, eps, settings = VALUE_CASES[method]
   with jax.enable_x64(True):
     net, x, y, p = tiny_problem(classes)
     key = jax.random.key(7)
