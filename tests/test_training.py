@@ -269,7 +269,6 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
-@pytest.mark.mnist
 def test_constant_classifier_detection():
   healthy = {"acc": 0.9, "majority": 0.14, "logit_spread": 3.0}
   assert not training.is_constant_classifier(healthy)
@@ -286,6 +285,7 @@ def test_constant_classifier_detection():
                                                     "constant classifier")
 
 
+@pytest.mark.mnist
 def test_collapse_warning_fires_once_on_a_constant_model(tmp_path, caplog):
   """SmallCNN's last layer starts at zero; at lr 1e-12 its logits stay ~0."""
   config = smoke("mnist_standard", optim__lr=1e-12)
@@ -334,6 +334,7 @@ def _constant_classifier_loss(config):
 
 
 @pytest.mark.parametrize("preset", sorted(SHORT_RUNS))
+@pytest.mark.mnist
 def test_preset_loss_falls_below_the_constant_classifier(preset, tmp_path):
   config, summary, last = _short_run(preset, tmp_path)
   assert last["loss"] < _constant_classifier_loss(config) - 0.3, last
@@ -342,6 +343,7 @@ def test_preset_loss_falls_below_the_constant_classifier(preset, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.mnist
 def test_cifar_llr_weights_collapse_at_mnist_eps(tmp_path):
   """LLR's CIFAR-10 weights (lam 4, mu 3) at eps 0.3: the collapse the preset avoids."""
   config, summary, last = _short_run(
@@ -351,6 +353,7 @@ def test_cifar_llr_weights_collapse_at_mnist_eps(tmp_path):
   assert summary["collapsed_at_end"] and summary["collapse_step"] > 0
 
 
+@pytest.mark.mnist
 def test_sharded_step_matches_single_device(tmp_path):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
@@ -398,6 +401,7 @@ def test_quick_lfr_learns(tmp_path):
   assert summary["test_clean_acc"] > 0.8
 
 
+@pytest.mark.mnist
 def test_max_epochs_stops_at_an_epoch_end_and_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   stopped = training.train_and_evaluate(
@@ -409,6 +413,7 @@ def test_max_epochs_stops_at_an_epoch_end_and_resumes(tmp_path):
   assert done["completed"] and done["step"] == 8  # capped by num_epochs
 
 
+@pytest.mark.mnist
 def test_runs_without_tensorboardx(tmp_path, monkeypatch):
   """Accelerator images may lack tensorboardX: metrics.jsonl still records."""
   monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
@@ -420,6 +425,7 @@ def test_runs_without_tensorboardx(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.mnist
 def test_gpu_full_protocol_script_smoke(tmp_path):
   """tools/gpu_full_protocol.sh end to end with the :smoke presets (CPU)."""
   out = tmp_path / "out"
