@@ -88,6 +88,34 @@ def test_report_from_results_files(tmp_path):
   assert "±4.4 points at 50%" in text and "about 0.2 h per row" in text
 
 
+def test_collapsed_row_is_never_a_robustness_number(tmp_path):
+  _write_row(tmp_path, "lfr_s0", worst=0.10)
+  _write_row(tmp_path, "llr_s0", worst=0.114)
+  (tmp_path / "llr_s0" / "train_summary.json").write_text(json.dumps(
+      {"seconds": 9.0, "collapsed_at_end": True}))
+  text = reproduce.render(str(tmp_path))
+  llr = next(l for l in text.splitlines() if l.startswith("| llr_s0 |"))
+  assert "constant classifier" in llr and "11.40" not in llr
+  assert "LLR 11.40" not in text                      # not in the headline
+  assert "not run / 99.62" in text                    # nor side by side
+
+
+def test_ddn_cell_is_the_authors_quantity(tmp_path):
+  """Accuracy on DDN-20's output; older files: clean x (1 - success), marked."""
+  _write_row(tmp_path, "lfr_s0", worst=0.10)
+  m = reproduce.row_metrics({"eval": json.loads(
+      (tmp_path / "lfr_s0" / "robustness.json").read_text())})
+  assert "ddn" not in m                               # neither key present
+  old = {"eval": {"rows": [{"metrics": {"clean": 0.9, "ddn_lfr_success": 0.5,
+                                        "ddn_lfr_acc_at_l2_2": 0.7}}]}}
+  assert reproduce.row_metrics(old)["ddn"] == pytest.approx(45.0)
+  assert reproduce.row_metrics(old)["ddn_unquantized"] == 1.0
+  new = {"eval": {"rows": [{"metrics": {"clean": 0.9, "ddn_lfr": 0.3,
+                                        "ddn_lfr_success": 0.5}}]}}
+  assert reproduce.row_metrics(new)["ddn"] == pytest.approx(30.0)
+  assert "ddn_unquantized" not in reproduce.row_metrics(new)
+
+
 def test_binomial_halfwidth_closed_form():
   assert reproduce.binomial_halfwidth(50, 100) == pytest.approx(9.8)
   assert reproduce.binomial_halfwidth(100, 300) == 0.0
