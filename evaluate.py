@@ -10,7 +10,6 @@ The program lives in :mod:`lfr_jax.commands.evaluate` (also installed as the
 ``lfr-evaluate`` console script); see its docstring for the flags.
 """
 
-from lfr_jax.commands.evaluate import *  # noqa: F401,F403  (flags, helpers)
 from lfr_jax.commands.evaluate import entry
 
 if __name__ == "__main__":

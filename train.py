@@ -10,7 +10,6 @@ The program lives in :mod:`lfr_jax.commands.train` (also installed as the
 ``lfr-train`` console script); see its docstring for the flags.
 """
 
-from lfr_jax.commands.train import *  # noqa: F401,F403  (flags, run)
 from lfr_jax.commands.train import entry
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def test_sweep_trains_evaluates_and_plots(tmp_path):
 
 def test_checkpoint_flag_selects_rows():
   import types
-  import evaluate
+  from lfr_jax.commands import evaluate
   rows = [types.SimpleNamespace(info={"checkpoint": "final"}),
           types.SimpleNamespace(info={"checkpoint": "best"})]
   assert evaluate.select_checkpoints(rows, "both") == rows
@@ -190,7 +190,7 @@ def test_checkpoint_flag_selects_rows():
 
 
 def test_parse_checkpoint():
-  import evaluate
+  from lfr_jax.commands import evaluate
   from lfr_jax import evaluation
   assert evaluate.parse_checkpoint("best") == "best"
   assert evaluate.parse_checkpoint("epoch:5") == ("epoch", 5)

@@ -26,63 +26,99 @@ sweep and the PASS/WARN lines of the gradient-masking checks.
 A mistake in the flags or the config (unknown attack, eps outside [0, 1], a
 workdir without checkpoint, a corrupt checkpoint, a missing PyTorch file)
 exits with status 2 and one line on stderr, before anything is written.
+
+Importing this module defines nothing: :func:`entry` defines the absl flags
+when the program starts.
+
+Example::
+
+    from lfr_jax.commands import evaluate
+    evaluate.parse_checkpoint("epoch:5")     # ('epoch', 5)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 
 import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
-from absl import flags
 
 from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
 
-sys.argv = cli.resolve_preset(sys.argv)
-# configs/evaluate.py, from a clone or from the installed configs package.
-DEFAULT_CONFIG = os.path.join(cli.configs_dir() or "configs", "evaluate.py")
+PROG = "evaluate.py"
 # Dataset of a PyTorch checkpoint evaluated without a workdir, by model.
 DATASET_OF_MODEL = {"small_cnn": "mnist", "wide_resnet": "cifar10"}
-
-PROG = "evaluate.py"
+CHECKPOINT_CHOICES = ("both", "final", "best")
 # Errors that are the user's to fix: reported in one line, no traceback.
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
 
 
-_CONFIG = cli.define_config_file(
-    PROG, "config", DEFAULT_CONFIG, "Evaluation settings (configs/evaluate.py, "
-    "optionally :quick or :smoke); override with --config.eval.<field>=value.")
-
-_WORKDIR = flags.DEFINE_list(
-    "workdir", [], "Training workdir(s), comma-separated.")
-_TORCH = flags.DEFINE_list(
-    "torch_checkpoint", [], "PyTorch state_dict file(s) to evaluate too.")
-_MODEL = flags.DEFINE_string(
-    "model", "small_cnn", "Model of the PyTorch checkpoints (small_cnn, "
-    "wide_resnet).")
-_MODEL_KWARGS = flags.DEFINE_string(
-    "model_kwargs", "{}", "JSON dict of model settings for the PyTorch "
-    "checkpoints, e.g. '{\"depth\": 34, \"width\": 10}'.")
-_DATASET = flags.DEFINE_string(
-    "dataset", "", "Test data of PyTorch checkpoints given without a workdir "
-    "(default: mnist for small_cnn, cifar10 for wide_resnet).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "both", "Which checkpoint of each workdir to evaluate: "
-    "'final', 'best' (by validation PGD accuracy), 'both' when they differ, "
-    "'epoch:N' (the end of epoch N, kept with config.checkpoint.keep_epochs) "
-    "or 'step:N'.")
-CHECKPOINT_CHOICES = ("both", "final", "best")
-_OUT = flags.DEFINE_string(
-    "out", None, "Output folder (default: <first workdir>/eval).")
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """What the command line asks to evaluate (the flags' values)."""
+  workdirs: tuple[str, ...] = ()
+  torch_files: tuple[str, ...] = ()
+  model: str = "small_cnn"
+  model_kwargs: str = "{}"
+  dataset: str = ""
+  checkpoint: str = "both"
+  out: str | None = None
 
 
-def _model_kwargs() -> dict:
+def _define_flags():
+  """The program's flags: (config holder, {name: holder})."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  # configs/evaluate.py, from a clone or from the installed configs package.
+  default = os.path.join(cli.configs_dir() or "configs", "evaluate.py")
+  config = cli.define_config_file(
+      PROG, "config", default, "Evaluation settings (configs/evaluate.py, "
+      "optionally :quick or :smoke); override with "
+      "--config.eval.<field>=value.")
+  holders = {
+      "workdirs": flags.DEFINE_list(
+          "workdir", [], "Training workdir(s), comma-separated."),
+      "torch_files": flags.DEFINE_list(
+          "torch_checkpoint", [], "PyTorch state_dict file(s) to evaluate too."),
+      "model": flags.DEFINE_string(
+          "model", "small_cnn", "Model of the PyTorch checkpoints (small_cnn, "
+          "wide_resnet)."),
+      "model_kwargs": flags.DEFINE_string(
+          "model_kwargs", "{}", "JSON dict of model settings for the PyTorch "
+          "checkpoints, e.g. '{\"depth\": 34, \"width\": 10}'."),
+      "dataset": flags.DEFINE_string(
+          "dataset", "", "Test data of PyTorch checkpoints given without a "
+          "workdir (default: mnist for small_cnn, cifar10 for wide_resnet)."),
+      "checkpoint": flags.DEFINE_string(
+          "checkpoint", "both", "Which checkpoint of each workdir to "
+          "evaluate: 'final', 'best' (by validation PGD accuracy), 'both' when "
+          "they differ, 'epoch:N' (the end of epoch N, kept with "
+          "config.checkpoint.keep_epochs) or 'step:N'."),
+      "out": flags.DEFINE_string(
+          "out", None, "Output folder (default: <first workdir>/eval)."),
+  }
+  return config, holders
+
+
+def _request(holders) -> Request:
+  values = {k: h.value for k, h in holders.items()}
+  values["workdirs"] = tuple(values["workdirs"])
+  values["torch_files"] = tuple(values["torch_files"])
+  return Request(**values)
+
+
+def model_kwargs(request: Request) -> dict:
+  """``--model_kwargs`` as a dict.
+
+  Raises:
+    EvalError: not a JSON object.
+  """
   try:
-    kwargs = json.loads(_MODEL_KWARGS.value or "{}")
+    kwargs = json.loads(request.model_kwargs or "{}")
   except ValueError as e:
     raise evaluation.EvalError(f"--model_kwargs is not JSON: {e}.") from None
   if not isinstance(kwargs, dict):
@@ -90,8 +126,9 @@ def _model_kwargs() -> dict:
   return kwargs
 
 
-def _prefixes(workdirs: list[str]) -> list[str]:
-  if len(workdirs) + len(_TORCH.value) <= 1:
+def _prefixes(request: Request) -> list[str]:
+  workdirs = list(request.workdirs)
+  if len(workdirs) + len(request.torch_files) <= 1:
     return [""] * len(workdirs)
   names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
   if len(set(names)) < len(names):
@@ -116,18 +153,18 @@ def parse_checkpoint(value: str) -> tuple[str, int] | str:
       f"epoch:N (N >= 1), step:N.")
 
 
-def check_inputs() -> None:
+def check_inputs(request: Request) -> None:
   """The cheap checks of the flags, before anything is loaded."""
-  parse_checkpoint(_CHECKPOINT.value)
-  if not _WORKDIR.value and not _TORCH.value:
+  parse_checkpoint(request.checkpoint)
+  if not request.workdirs and not request.torch_files:
     raise evaluation.EvalError(
         "nothing to evaluate: give --workdir=DIR[,DIR2,...] and/or "
         "--torch_checkpoint=PATH.")
-  for path in _TORCH.value:
+  for path in request.torch_files:
     if not os.path.isfile(os.path.expanduser(path)):
       raise evaluation.EvalError(
           f"--torch_checkpoint {os.path.abspath(path)} does not exist.")
-  _model_kwargs()
+  model_kwargs(request)
 
 
 def select_checkpoints(rows: list, which: str) -> list:
@@ -148,13 +185,13 @@ def select_checkpoints(rows: list, which: str) -> list:
   return picked or rows[:1]
 
 
-def load_models():
+def load_models(request: Request):
   """Loads the rows and the test-data config."""
-  workdirs, torch_files = list(_WORKDIR.value), list(_TORCH.value)
-  kwargs = _model_kwargs() if torch_files else {}
+  workdirs, torch_files = list(request.workdirs), list(request.torch_files)
+  kwargs = model_kwargs(request) if torch_files else {}
   models, data_cfg = [], None
-  which = parse_checkpoint(_CHECKPOINT.value)
-  for workdir, prefix in zip(workdirs, _prefixes(workdirs)):
+  which = parse_checkpoint(request.checkpoint)
+  for workdir, prefix in zip(workdirs, _prefixes(request)):
     if isinstance(which, tuple):
       config, rows = evaluation.load_run(workdir, prefix=prefix, at=which)
     else:
@@ -169,33 +206,34 @@ def load_models():
     data_cfg = data_cfg or config.data
     models += rows
   for path in torch_files:
-    models.append(evaluation.load_torch(path, _MODEL.value, **kwargs))
+    models.append(evaluation.load_torch(path, request.model, **kwargs))
   if data_cfg is None:
-    name = _DATASET.value or DATASET_OF_MODEL.get(_MODEL.value, "mnist")
+    name = request.dataset or DATASET_OF_MODEL.get(request.model, "mnist")
     data_cfg = {"name": name}
   return models, data_cfg
 
 
-def out_dir() -> str:
-  if _OUT.value:
-    path = os.path.abspath(os.path.expanduser(_OUT.value))
-  elif _WORKDIR.value:
-    path = os.path.join(os.path.abspath(_WORKDIR.value[0]), "eval")
+def out_dir(request: Request) -> str:
+  """``--out``, else ``<first workdir>/eval``, else ``eval/`` beside a file."""
+  if request.out:
+    path = os.path.abspath(os.path.expanduser(request.out))
+  elif request.workdirs:
+    path = os.path.join(os.path.abspath(request.workdirs[0]), "eval")
   else:
-    path = os.path.join(os.path.dirname(os.path.abspath(_TORCH.value[0])),
-                        "eval")
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(request.torch_files[0])), "eval")
   if os.path.exists(path) and not os.path.isdir(path):
     raise evaluation.EvalError(f"--out {path} is a file, not a folder.")
   return path
 
 
-def run(config) -> None:
-  """Evaluates the flags' checkpoints with ``config.eval``; writes the report."""
+def run(config, request: Request) -> None:
+  """Evaluates the request's checkpoints with ``config.eval``; writes the report."""
   cfg = config.eval
   evaluation.validate_settings(cfg)
-  check_inputs()
-  folder = out_dir()
-  models, data_cfg = load_models()
+  check_inputs(request)
+  folder = out_dir(request)
+  models, data_cfg = load_models(request)
   x, y, info = evaluation.load_test_data(data_cfg, int(cfg.num_examples))
   report = evaluation.evaluate(models, x, y, cfg,
                                figures_dir=os.path.join(folder, "figures"),
@@ -209,5 +247,11 @@ def run(config) -> None:
 
 def entry() -> None:
   """The program: ``evaluate.py`` and the ``lfr-evaluate`` console script."""
-  cli.main(PROG, run, [_CONFIG], USER_ERRORS,
-           settings_hint="--config.eval.<field>=value")
+  sys.argv = cli.resolve_preset(sys.argv)
+  config_flag, holders = _define_flags()
+  cli.main(PROG, lambda config: run(config, _request(holders)), [config_flag],
+           USER_ERRORS, settings_hint="--config.eval.<field>=value")
+
+
+if __name__ == "__main__":
+  entry()
