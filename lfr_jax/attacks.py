@@ -814,6 +814,111 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return _finish_apgd(best, x, clean_logits, y)
 
 
+# ---------------------------------------------- random search, loss trace --
+
+
+def random_search(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                  key: jax.Array, *, eps, num_steps: int, p_init: float = 0.8
+                  ) -> dict[str, jax.Array]:
+  """A gradient-free l_inf attack: Square-Attack-like random vertex search.
+
+  Starts, as Square Attack (Andriushchenko et al. 2020), from vertical
+  stripes of +-eps; each step redraws a random square window of the current
+  perturbation as a vertex (+-eps per channel) and keeps the change where
+  the decision value z_y - max_{i != y} z_i drops, until the point is
+  misclassified. The window covers a fraction p of the pixels, p_init halved
+  on Square Attack's schedule (rescaled to ``num_steps``). One forward pass
+  per step and no gradients, so it is immune to gradient masking.
+
+  Args:
+    logits_fn: x -> logits.
+    x: (N, H, W, C) images in [0, 1].
+    y: (N,) labels.
+    key: PRNG key.
+    eps: l_inf radius (may be traced).
+    num_steps: queries after the first, a static int >= 0.
+    p_init: initial window fraction of the pixels.
+
+  Returns:
+    {"x_adv": (N, H, W, C) in the ball, "decision": (N,) its decision value}.
+  """
+  _validate.batch(x, y)
+  n, h, w, c = x.shape
+  k_init, k_loop = jax.random.split(key)
+  signs = jnp.array([-1.0, 1.0], x.dtype)
+  stripes = eps * jax.random.choice(k_init, signs, (n, 1, w, c))
+  x_best = jnp.clip(x + stripes, 0.0, 1.0)
+  m_best = losses.decision_value(logits_fn(x_best), y)
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  # Square Attack's schedule for a 10,000-query budget: p_init / 2^k after
+  # these (rescaled) query counts.
+  thresholds = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+  def step(i, carry):
+    x_best, m_best = carry
+    k_pos, k_sign = jax.random.split(jax.random.fold_in(k_loop, i))
+    it = (i * 10000) // max(num_steps, 1)
+    p = jnp.asarray(p_init, x.dtype)
+    for j, t in enumerate(thresholds):
+      p = jnp.where(it > t, p_init / 2 ** (j + 1), p)
+    side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, max(min(h, w) - 1, 1)
+                    ).astype(jnp.int32)
+    kh, kw = jax.random.split(k_pos)
+    top = jax.random.randint(kh, (n,), 0, h - side + 1)
+    left = jax.random.randint(kw, (n,), 0, w - side + 1)
+    in_h = (rows[None] >= top[:, None]) & (rows[None] < (top + side)[:, None])
+    in_w = (cols[None] >= left[:, None]) & (cols[None] < (left + side)[:, None])
+    window = in_h[:, :, None, None] & in_w[:, None, :, None]
+    vertex = eps * jax.random.choice(k_sign, signs, (n, 1, 1, c))
+    x_new = jnp.clip(jnp.where(window, x + vertex, x_best), 0.0, 1.0)
+    m_new = losses.decision_value(logits_fn(x_new), y)
+    take = (m_new < m_best) & (m_best > 0)
+    return (jnp.where(take[:, None, None, None], x_new, x_best),
+            jnp.where(take, m_new, m_best))
+
+  x_best, m_best = lax.fori_loop(0, num_steps, step, (x_best, m_best))
+  return {"x_adv": lax.stop_gradient(x_best), "decision": m_best}
+
+
+def pgd_loss_trace(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                   key: jax.Array, *, eps, step_size, num_steps: int
+                   ) -> dict[str, jax.Array]:
+  """l_inf PGD with CE and a uniform start, recording the loss at each step.
+
+  The same iterates as :func:`pgd` with one restart and the
+  same key, plus the per-example cross-entropy of every iterate.
+
+  Args:
+    logits_fn: x -> logits.
+    x: (N, H, W, C) images in [0, 1].
+    y: (N,) labels.
+    key: PRNG key of the random start.
+    eps: l_inf radius.
+    step_size: sign-step length.
+    num_steps: static int >= 0.
+
+  Returns:
+    {"x_adv": the last iterate, "loss": (num_steps + 1, N) CE of iterates
+    0 (the random start) .. num_steps}.
+  """
+  _validate.batch(x, y)
+  noise = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+  start = jnp.clip(x + eps * noise, 0.0, 1.0)
+
+  def total(z):
+    per = losses.cross_entropy(logits_fn(z), y)
+    return per.sum(), per
+
+  def step(x_adv, _):
+    (_, per), grad = jax.value_and_grad(total, has_aux=True)(x_adv)
+    return project(x_adv + step_size * jnp.sign(grad), x, eps), per
+
+  x_adv, history = lax.scan(step, start, None, length=num_steps)
+  last = losses.cross_entropy(logits_fn(x_adv), y)
+  return {"x_adv": lax.stop_gradient(x_adv),
+          "loss": jnp.concatenate([history, last[None]], axis=0)}
+
+
 # ------------------------------------------------------------ worst case --
 
 # Compiled per logits_fn, weakly: an entry (and the executables holding the

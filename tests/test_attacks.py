@@ -524,3 +524,34 @@ def test_worst_case_chains_attacks_on_robust_points(mnist):
   attacks.worst_case(chain, counting_logits, x, jnp.asarray(y),
                      jax.random.key(0))
   assert len(traces) == first
+
+
+def test_pgd_loss_trace_follows_attacks_pgd():
+  key = jax.random.key(0)
+  w = jax.random.normal(key, (784, 10)) * 0.1
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  y = jnp.arange(6)
+  out = attacks.pgd_loss_trace(logits_fn, x, y, jax.random.key(2),
+                                  eps=0.3, step_size=0.05, num_steps=5)
+  ref = attacks.pgd(logits_fn, x, y, jax.random.key(2), eps=0.3,
+                    step_size=0.05, num_steps=5)
+  np.testing.assert_allclose(out["x_adv"], ref, atol=1e-6)
+  assert out["loss"].shape == (6, 6)
+  assert float(out["loss"][-1].mean()) > float(out["loss"][0].mean())
+
+
+def test_random_search_stays_in_the_ball_and_lowers_the_margin():
+  w = jax.random.normal(jax.random.key(0), (784, 10)) * 0.1
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+  y = jnp.argmax(logits_fn(x), axis=1)
+  run = jax.jit(functools.partial(attacks.random_search, logits_fn,
+                                  num_steps=50))
+  out = run(x, y, jax.random.key(2), eps=0.1)
+  delta = out["x_adv"] - x
+  assert float(jnp.abs(delta).max()) <= 0.1 + 1e-6
+  assert float(out["x_adv"].min()) >= 0.0 and float(out["x_adv"].max()) <= 1.0
+  start = attacks.random_search(logits_fn, x, y, jax.random.key(2),
+                                   eps=0.1, num_steps=0)["decision"]
+  assert bool(jnp.all(out["decision"] <= start))
