@@ -13,25 +13,22 @@ Example::
     from lfr_jax import config_check
     config = mnist_lfr.get_config("smoke")
     config_check.validate(config)            # raises ConfigError, one line
-    settings = config_check.objective_settings(config)
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
 
 from lfr_jax import data
 from lfr_jax import models
 from lfr_jax import objectives
+from lfr_jax import text
 
 UNROLL = ("auto", "full", "none")
 OPTIMIZERS = ("sgd", "adam")
 EVAL_NORMS = ("linf", "l2")
 TEST_CHECKPOINTS = ("final", "best")
-# Settings of the methods' inner maximization, taken from config.inner.
-INNER_SETTINGS = ("step_size", "num_steps")
 SECTIONS = ("method", "seed", "model", "inner", "data", "optim", "train", "eval",
             "checkpoint", "log", "mesh", "distributed")
 
@@ -41,22 +38,33 @@ class ConfigError(ValueError):
 
 
 def one_line(e: BaseException) -> str:
-  """The last non-empty line of an error message (its most specific part)."""
-  text = str(e).strip()
-  return text.splitlines()[-1].strip() if text else type(e).__name__
+  """The informative (last) line of an error message."""
+  return text.one_line(e)
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
+  """A real number that is not a bool (numpy scalars included)."""
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+  """An integer that is not a bool (numpy integers included)."""
   return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _number(name: str, v, *, lo=None, lo_open=False, hi=None, hi_open=False
-            ) -> None:
-  if not _is_number(v) or not math.isfinite(v):
+def check_number(name: str, v, *, lo=None, lo_open=False, hi=None,
+                 hi_open=False) -> None:
+  """Raises ConfigError unless ``config.<name>`` is a finite number in range.
+
+  Args:
+    name: the field, as written after ``config.`` (e.g. "optim.lr").
+    v: its value.
+    lo: lower bound (None: unbounded); ``lo_open`` excludes it.
+    lo_open: whether ``v == lo`` is refused.
+    hi: upper bound (None: unbounded); ``hi_open`` excludes it.
+    hi_open: whether ``v == hi`` is refused.
+  """
+  if not is_number(v) or not math.isfinite(v):
     raise ConfigError(f"config.{name} must be a finite number, got {v!r}.")
   if lo is not None and (v <= lo if lo_open else v < lo):
     op = ">" if lo_open else ">="
@@ -66,52 +74,20 @@ def _number(name: str, v, *, lo=None, lo_open=False, hi=None, hi_open=False
     raise ConfigError(f"config.{name} must be {op} {hi}, got {v}.")
 
 
-def _integer(name: str, v, *, lo: int | None = None) -> None:
-  if not _is_int(v):
+def check_integer(name: str, v, *, lo: int | None = None) -> None:
+  """Raises ConfigError unless ``config.<name>`` is an integer >= ``lo``."""
+  if not is_int(v):
     raise ConfigError(f"config.{name} must be an integer, got {v!r}.")
   if lo is not None and v < lo:
     raise ConfigError(f"config.{name} must be >= {lo}, got {v}.")
 
 
-def _choice(name: str, v, valid) -> None:
+def check_choice(name: str, v, valid) -> None:
+  """Raises ConfigError unless ``config.<name>`` is one of ``valid`` (listed)."""
   valid = list(valid)
   if v not in valid:
     raise ConfigError(f"config.{name} {v!r} is unknown; valid: "
                       f"{', '.join(map(str, valid))}.")
-
-
-def resolve_unroll(value: str) -> bool:
-  """Maps ``"auto"`` / ``"full"`` / ``"none"`` to the ``unroll`` flag.
-
-  "auto" unrolls only on CPU, where XLA runs rolled convolution gradients
-  about 10x slower (see docs/BENCHMARKS.md); accelerators skip the compile cost.
-  """
-  if value == "auto":
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.default_backend() == "cpu"
-  return value == "full"
-
-
-def objective_settings(config) -> dict[str, Any]:
-  """The keyword settings of ``objectives.build`` for ``config.method``.
-
-  The method's own section (e.g. ``config.lfr``) plus the shared inner
-  settings (``config.inner.step_size/num_steps/unroll``) the method accepts.
-  """
-  method = config.method
-  allowed = objectives.valid_settings(method)
-  settings = dict(config[method]) if method in config else {}
-  for key in INNER_SETTINGS:
-    if key in allowed:
-      settings[key] = config.inner[key]
-  if "unroll" in allowed:
-    settings["unroll"] = resolve_unroll(config.inner.unroll)
-  return settings
-
-
-def model_kwargs(config) -> dict[str, Any]:
-  """Keyword arguments of ``models.create``: ``config.model`` minus its name."""
-  return {k: v for k, v in config.model.items() if k != "name"}
 
 
 def _check_sections(config) -> None:
@@ -130,81 +106,80 @@ def _check_sections(config) -> None:
 
 
 def _check_method(config) -> None:
-  _choice("method", config.method, objectives.names())
+  check_choice("method", config.method, objectives.names())
   method = config.method
   own = dict(config[method]) if method in config else {}
   allowed = [k for k in objectives.valid_settings(method)
-             if k not in INNER_SETTINGS and k != "unroll"]
+             if k not in objectives.INNER_SETTINGS and k != "unroll"]
   unknown = sorted(set(own) - set(allowed))
   if unknown:
     raise ConfigError(f"config.{method}.{unknown[0]} is not a setting of "
                       f"{method}; valid: {', '.join(allowed) or 'none'}.")
   inner = config.inner
-  _number("inner.eps", inner.eps, lo=0)
-  _number("inner.step_size", inner.step_size, lo=0, lo_open=True)
-  _integer("inner.num_steps", inner.num_steps, lo=0)
-  _number("inner.warmup_epochs", inner.warmup_epochs, lo=0)
-  _choice("inner.unroll", inner.unroll, UNROLL)
-  settings = dict(own)
-  for key in INNER_SETTINGS:
-    if key in objectives.valid_settings(method):
-      settings[key] = inner[key]
-  try:
-    objectives.build(method, **settings)
-  except ValueError as e:
-    prefix = f"config.{method}: " if own else ""
-    raise ConfigError(f"{prefix}{one_line(e)}") from None
+  check_number("inner.eps", inner.eps, lo=0)
+  check_number("inner.warmup_epochs", inner.warmup_epochs, lo=0)
+  check_choice("inner.unroll", inner.unroll, UNROLL)
+  # The values of the method's settings are the objective's to check (one
+  # rule each, in objectives); only the message's prefix is added here.
+  used_inner = {k: inner[k] for k in objectives.INNER_SETTINGS
+                if k in objectives.valid_settings(method)}
+  for prefix, settings in ((f"config.{method}: ", own),
+                           ("config.inner.", used_inner)):
+    try:
+      objectives.check_settings(method, settings)
+    except ValueError as e:
+      raise ConfigError(f"{prefix}{one_line(e)}") from None
 
 
 def _check_data(config) -> None:
   d = config.data
-  _choice("data.name", d.name, data.names())
-  _choice("data.source", d.source, data.SOURCES)
-  if d.source == "idx" and d.name != "mnist":
-    raise ConfigError(f"config.data.source 'idx' reads MNIST only, not "
-                      f"{d.name!r}; use 'tfds' or 'auto'.")
-  _choice("data.augment", d.augment, data.AUGMENTATIONS)
-  _integer("data.image_size", d.image_size, lo=0)
+  try:
+    data.check_settings(d)
+  except data.DataError as e:
+    raise ConfigError(f"config.{one_line(e)}") from None
+  check_choice("data.source", d.source, data.SOURCES)
+  check_choice("data.augment", d.augment, data.AUGMENTATIONS)
+  check_integer("data.image_size", d.image_size, lo=0)
   if data.DATASETS[d.name].image_shape is None and not d.image_size:
     raise ConfigError(f"config.data.image_size must be > 0 for {d.name} "
                       f"(its images vary in size).")
   if d.augment == "inception" and not d.image_size:
     raise ConfigError("config.data.augment 'inception' needs data.image_size > 0.")
-  _integer("data.batch_size", d.batch_size, lo=1)
-  _integer("data.validation_size", d.validation_size, lo=0)
-  _integer("data.train_size", d.train_size, lo=0)
+  check_integer("data.batch_size", d.batch_size, lo=1)
+  check_integer("data.validation_size", d.validation_size, lo=0)
+  check_integer("data.train_size", d.train_size, lo=0)
 
 
 def _check_optim(config) -> None:
   o = config.optim
-  _choice("optim.name", o.name, OPTIMIZERS)
-  _number("optim.lr", o.lr, lo=0, lo_open=True)
-  _number("optim.momentum", o.momentum, lo=0, hi=1, hi_open=True)
-  _number("optim.weight_decay", o.weight_decay, lo=0)
-  _number("optim.decay_factor", o.decay_factor, lo=0, lo_open=True)
+  check_choice("optim.name", o.name, OPTIMIZERS)
+  check_number("optim.lr", o.lr, lo=0, lo_open=True)
+  check_number("optim.momentum", o.momentum, lo=0, hi=1, hi_open=True)
+  check_number("optim.weight_decay", o.weight_decay, lo=0)
+  check_number("optim.decay_factor", o.decay_factor, lo=0, lo_open=True)
   epochs = tuple(o.decay_epochs)
   for e in epochs:
-    _number("optim.decay_epochs", e, lo=0)
+    check_number("optim.decay_epochs", e, lo=0)
   if any(b <= a for a, b in zip(epochs, epochs[1:])):
     raise ConfigError(f"config.optim.decay_epochs must increase, got {epochs}.")
-  _number("train.num_epochs", config.train.num_epochs, lo=0, lo_open=True)
-  _integer("train.max_steps", config.train.max_steps, lo=0)
-  _number("train.max_epochs", config.train.max_epochs, lo=0)
+  check_number("train.num_epochs", config.train.num_epochs, lo=0, lo_open=True)
+  check_integer("train.max_steps", config.train.max_steps, lo=0)
+  check_number("train.max_epochs", config.train.max_epochs, lo=0)
 
 
 def _check_eval(config) -> None:
   e = config.eval
-  _integer("eval.every_epochs", e.every_epochs, lo=0)
-  _integer("eval.val_examples", e.val_examples, lo=0)
-  _integer("eval.test_examples", e.test_examples, lo=0)
-  _choice("eval.test_checkpoint", e.test_checkpoint, TEST_CHECKPOINTS)
-  _integer("eval.batch_size", e.batch_size, lo=1)
-  _number("eval.eps", e.eps, lo=0)
-  _number("eval.step_size", e.step_size, lo=0, lo_open=True)
-  _integer("eval.num_steps", e.num_steps, lo=0)
-  _integer("eval.restarts", e.restarts, lo=1)
-  _choice("eval.norm", e.norm, EVAL_NORMS)
-  _choice("eval.unroll", e.unroll, UNROLL)
+  check_integer("eval.every_epochs", e.every_epochs, lo=0)
+  check_integer("eval.val_examples", e.val_examples, lo=0)
+  check_integer("eval.test_examples", e.test_examples, lo=0)
+  check_choice("eval.test_checkpoint", e.test_checkpoint, TEST_CHECKPOINTS)
+  check_integer("eval.batch_size", e.batch_size, lo=1)
+  check_number("eval.eps", e.eps, lo=0)
+  check_number("eval.step_size", e.step_size, lo=0, lo_open=True)
+  check_integer("eval.num_steps", e.num_steps, lo=0)
+  check_integer("eval.restarts", e.restarts, lo=1)
+  check_choice("eval.norm", e.norm, EVAL_NORMS)
+  check_choice("eval.unroll", e.unroll, UNROLL)
   if not isinstance(e.epoch_test_clean, bool):
     raise ConfigError(f"config.eval.epoch_test_clean must be True or False, "
                       f"got {e.epoch_test_clean!r}.")
@@ -214,17 +189,17 @@ def _check_eval(config) -> None:
 
 
 def _check_rest(config) -> None:
-  _integer("seed", config.seed, lo=0)
-  _choice("model.name", config.model.name, models.names())
-  _integer("checkpoint.every_steps", config.checkpoint.every_steps, lo=0)
-  _integer("checkpoint.keep", config.checkpoint.keep, lo=1)
+  check_integer("seed", config.seed, lo=0)
+  check_choice("model.name", config.model.name, models.names())
+  check_integer("checkpoint.every_steps", config.checkpoint.every_steps, lo=0)
+  check_integer("checkpoint.keep", config.checkpoint.keep, lo=1)
   for epoch in tuple(config.checkpoint.keep_epochs):
-    _integer("checkpoint.keep_epochs", epoch, lo=1)
-  _integer("log.every_steps", config.log.every_steps, lo=1)
-  _integer("mesh.num_devices", config.mesh.num_devices, lo=0)
+    check_integer("checkpoint.keep_epochs", epoch, lo=1)
+  check_integer("log.every_steps", config.log.every_steps, lo=1)
+  check_integer("mesh.num_devices", config.mesh.num_devices, lo=0)
   dist = config.distributed
-  _integer("distributed.num_processes", dist.num_processes, lo=0)
-  _integer("distributed.process_id", dist.process_id, lo=-1)
+  check_integer("distributed.num_processes", dist.num_processes, lo=0)
+  check_integer("distributed.process_id", dist.process_id, lo=-1)
 
 
 def validate(config) -> None:
@@ -287,7 +262,7 @@ def validate_runtime(config) -> None:
   size = config.data.image_size
   shape = (size, size, info.image_shape[-1] if info.image_shape else 3) if size \
       else info.image_shape
-  name, kwargs = config.model.name, model_kwargs(config)
+  name, kwargs = config.model.name, models.kwargs_from_config(config.model)
 
   def logits_shape():
     net = models.create(name, jax.random.key(0), **kwargs)

@@ -168,6 +168,9 @@ class Dataset:
   validation: Split
   test: Split
   source: str  # "idx" or "tfds", for logs
+  # Where it was read: the IDX folder, or the tfds data_dir ("" = tfds's
+  # default). Recorded in a run's config.json so evaluation reads the same.
+  location: str = ""
 
 
 def _get(cfg, key, default):
@@ -242,6 +245,24 @@ def _open_tfds_quietly(info: DatasetInfo, split: str, cfg) -> TfdsSource:
   return TfdsSource(source, f"tfds:{info.tfds_name}/{split}")
 
 
+def check_settings(cfg) -> None:
+  """Checks the dataset fields of a data config: its name, and IDX for MNIST only.
+
+  Args:
+    cfg: data config (ConfigDict or dict).
+
+  Raises:
+    DataError: one line naming the field (``data.name``, ``data.source``).
+  """
+  name = _get(cfg, "name", "mnist")
+  if name not in DATASETS:
+    raise DataError(f"data.name {name!r} is unknown; valid: "
+                    f"{', '.join(names())}.")
+  if _get(cfg, "source", "auto") == "idx" and name != "mnist":
+    raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; use "
+                    f"'tfds' or 'auto'.")
+
+
 def load(cfg) -> Dataset:
   """Opens a dataset and cuts its splits.
 
@@ -257,22 +278,18 @@ def load(cfg) -> Dataset:
     DataError: unknown dataset, missing or corrupt files, or split sizes that
       do not fit the data.
   """
+  check_settings(cfg)
   name = _get(cfg, "name", "mnist")
-  if name not in DATASETS:
-    raise DataError(f"unknown dataset {name!r}; valid: {', '.join(names())}.")
   info = DATASETS[name]
   if uses_idx(cfg):
-    if name != "mnist":
-      raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; "
-                      f"use 'tfds'.")
     folder = resolve_data_dir(_get(cfg, "dir", ""))
     train_src = ArraySource(*mnist.read_split("train", folder))
     test_src = ArraySource(*mnist.read_split("test", folder))
-    kind = "idx"
+    kind, location = "idx", os.path.abspath(folder)
   else:
     train_src = _open_tfds(info, info.train_split, cfg)
     test_src = _open_tfds(info, info.test_split, cfg)
-    kind = "tfds"
+    kind, location = "tfds", str(_get(cfg, "tfds_data_dir", ""))
   n = len(train_src)
   val = int(_get(cfg, "validation_size", 5000))
   if not 0 <= val < n:
@@ -286,7 +303,7 @@ def load(cfg) -> Dataset:
                  train=Split(train_src, np.arange(train_size)),
                  validation=Split(train_src, np.arange(n - val, n)),
                  test=Split(test_src, np.arange(len(test_src))),
-                 source=kind)
+                 source=kind, location=location)
 
 
 # ----------------------------------------------------------------------------

@@ -1201,9 +1201,9 @@ def resolve_checkpoint(workdir: str, at: tuple[str, int]) -> int:
   Raises:
     EvalError: no such saved checkpoint (the message lists those there are).
   """
-  from lfr_jax import training  # pylint: disable=g-import-not-at-top
+  from lfr_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(os.path.expanduser(workdir))
-  steps, spe = training.checkpoint_steps(path)
+  steps, spe = workdir_lib.checkpoint_steps(path)
   kind, n = at
   step = n * spe if kind == "epoch" and spe else n
   if step not in steps:
@@ -1232,8 +1232,8 @@ def load_run(workdir: str, *, prefix: str = "",
   Raises:
     EvalError: no workdir, config, or checkpoint, or one that cannot be read.
   """
-  from lfr_jax import config_check as cc  # pylint: disable=g-import-not-at-top
-  from lfr_jax import models, training  # pylint: disable=g-import-not-at-top
+  from lfr_jax import models  # pylint: disable=g-import-not-at-top
+  from lfr_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(os.path.expanduser(workdir))
   config = load_run_config(path)
   final_steps = _steps_in(os.path.join(path, "checkpoints"))
@@ -1242,14 +1242,14 @@ def load_run(workdir: str, *, prefix: str = "",
                     f"(python train.py --workdir={path} ...).")
   try:
     net = jax.eval_shape(lambda k: models.create(
-        config.model.name, k, **cc.model_kwargs(config)), jax.random.key(0))
+        config.model.name, k, **models.kwargs_from_config(config.model)), jax.random.key(0))
   except Exception as e:  # pylint: disable=broad-except
     raise EvalError(f"{path}/config.json describes no model this code can "
                     f"build: {_one_line(e)}") from None
   if at is not None:
     step = resolve_checkpoint(path, at)
     try:
-      state, _ = training.load_checkpoint(config, path, step=step)
+      state, _ = workdir_lib.load_checkpoint(config, path, step=step)
     except Exception as e:  # pylint: disable=broad-except
       raise EvalError(f"cannot read step {step} in {path}/checkpoints "
                       f"(corrupt or written by another config): "
@@ -1269,7 +1269,7 @@ def load_run(workdir: str, *, prefix: str = "",
     if best and not _steps_in(os.path.join(path, "best_checkpoint")):
       continue
     try:
-      state, meta = training.load_checkpoint(config, path, best=best)
+      state, meta = workdir_lib.load_checkpoint(config, path, best=best)
     except FileNotFoundError:
       continue
     except Exception as e:  # pylint: disable=broad-except

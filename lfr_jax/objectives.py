@@ -202,7 +202,7 @@ _BUILDERS = {
 }
 
 
-def _check_settings(settings: dict[str, Any]) -> None:
+def _check_values(settings: dict[str, Any]) -> None:
   if "step_size" in settings:
     _validate.positive("step_size", settings["step_size"])
   if "num_steps" in settings:
@@ -215,6 +215,64 @@ def _check_settings(settings: dict[str, Any]) -> None:
   for flag in ("squared", "pixel_mean"):
     if flag in settings and not isinstance(settings[flag], bool):
       raise ValueError(f"{flag} must be True or False, got {settings[flag]!r}.")
+
+
+def check_settings(method: str, settings: dict[str, Any]) -> None:
+  """Checks a method's settings without building it (what :func:`build` checks).
+
+  Args:
+    method: one of :func:`names`.
+    settings: keyword settings for :func:`build`.
+
+  Raises:
+    ValueError: unknown method, unknown setting, or invalid value, in one
+      sentence naming the setting.
+  """
+  _validate.choice("method", method, names())
+  allowed = valid_settings(method)
+  unknown = sorted(set(settings) - set(allowed))
+  if unknown:
+    raise ValueError(f"unknown setting(s) {unknown} for method {method!r}; "
+                     f"valid: {', '.join(allowed)}.")
+  _check_values({**DEFAULTS[method], **settings})
+
+
+# The shared inner-maximization settings a method takes from config.inner.
+INNER_SETTINGS = ("step_size", "num_steps")
+
+
+def resolve_unroll(value: str) -> bool:
+  """Maps a config's ``"auto"`` / ``"full"`` / ``"none"`` to ``unroll``.
+
+  "auto" unrolls only on CPU, where XLA runs rolled second-order loops about
+  3x slower (see docs/BENCHMARKS.md); accelerators skip the compile cost.
+  """
+  if value == "auto":
+    return jax.default_backend() == "cpu"
+  return value == "full"
+
+
+def settings_from_config(config) -> dict[str, Any]:
+  """The keyword settings of :func:`build` for ``config.method``.
+
+  The method's own section (e.g. ``config.lfr``) plus the shared inner
+  settings (``config.inner.step_size/num_steps/unroll``) the method takes.
+
+  Args:
+    config: a training config (see configs/common.py).
+
+  Returns:
+    The settings; ``build(config.method, **settings)`` builds the objective.
+  """
+  method = config.method
+  allowed = valid_settings(method)
+  settings = dict(config[method]) if method in config else {}
+  for key in INNER_SETTINGS:
+    if key in allowed:
+      settings[key] = config.inner[key]
+  if "unroll" in allowed:
+    settings["unroll"] = resolve_unroll(config.inner.unroll)
+  return settings
 
 
 def build(method: str, **settings) -> ObjectiveFn:
@@ -235,14 +293,8 @@ def build(method: str, **settings) -> ObjectiveFn:
   Raises:
     ValueError: unknown method, unknown setting, or invalid value.
   """
-  _validate.choice("method", method, names())
-  allowed = valid_settings(method)
-  unknown = sorted(set(settings) - set(allowed))
-  if unknown:
-    raise ValueError(f"unknown setting(s) {unknown} for method {method!r}; "
-                     f"valid: {', '.join(allowed)}.")
+  check_settings(method, settings)
   merged = {**_COMMON, **DEFAULTS[method], **settings}
-  _check_settings(merged)
   fn = functools.partial(_BUILDERS[method], **merged)
 
   def objective_fn(net, x, y, key, eps):

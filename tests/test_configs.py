@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lfr_jax import config_check
+from lfr_jax import objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/ import their shared defaults as a package
@@ -259,9 +260,9 @@ def test_validate_runtime_checks_devices_and_model():
 
 def test_objective_settings_take_the_shared_inner_settings():
   config = load("mnist_lfr", "smoke")
-  settings = config_check.objective_settings(config)
+  settings = objectives.settings_from_config(config)
   assert settings["lam"] == 0.02 and settings["num_steps"] == 2
-  assert "num_steps" not in config_check.objective_settings(
+  assert "num_steps" not in objectives.settings_from_config(
       load("mnist_gradient_norm", "smoke"))
 
 

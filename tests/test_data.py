@@ -117,7 +117,7 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
     f.write(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
   with pytest.raises(data.DataError, match="corrupt MNIST file .*header says"):
     data.read_idx(str(bad), 1)
-  with pytest.raises(data.DataError, match="unknown dataset 'svhn'"):
+  with pytest.raises(data.DataError, match="data.name 'svhn' is unknown"):
     data.load({"name": "svhn"})
 
 

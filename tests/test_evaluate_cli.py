@@ -207,19 +207,20 @@ def test_kept_epoch_checkpoints_load_by_epoch(tmp_path):
   import numpy as np
   from configs import mnist_standard
   from lfr_jax import evaluation, training
+  from lfr_jax import workdir as workdir_lib
   config = mnist_standard.get_config("smoke")
   config.checkpoint.keep, config.checkpoint.keep_epochs = 1, (1,)
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(config, workdir)
   _, rows = evaluation.load_run(workdir, at=("epoch", 1))
   assert [r.label for r in rows] == ["epoch 1 (step 4)"]
-  state, _ = training.load_checkpoint(config, workdir, step=4)
+  state, _ = workdir_lib.load_checkpoint(config, workdir, step=4)
   for a, b in zip(jax.tree.leaves(rows[0].params.params),
                   jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   _, rows = evaluation.load_run(workdir, at=("step", 8))
   assert [r.label for r in rows] == ["step 8"]
-  assert training.checkpoint_steps(workdir) == ([4, 8], 4)
+  assert workdir_lib.checkpoint_steps(workdir) == ([4, 8], 4)
 
 
 def test_evaluate_final_checkpoint_only(smoke_run, tmp_path):

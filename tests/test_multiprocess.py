@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from lfr_jax import training
+from lfr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -55,8 +55,8 @@ def test_two_processes_train_like_one(tmp_path):
 
   from configs import mnist_lfr
   config = mnist_lfr.get_config("smoke")
-  a, meta_a = training.load_checkpoint(config, str(shared))
-  b, meta_b = training.load_checkpoint(config, str(single))
+  a, meta_a = workdir_lib.load_checkpoint(config, str(shared))
+  b, meta_b = workdir_lib.load_checkpoint(config, str(single))
   assert meta_a["step"] == meta_b["step"] == STEPS
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6,

@@ -14,7 +14,9 @@ import pytest
 from lfr_jax import config_check
 from lfr_jax import models
 from lfr_jax import objectives
+from lfr_jax import train_state
 from lfr_jax import training
+from lfr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -56,9 +58,9 @@ def test_smoke_run_every_method(method, tmp_path, mnist_test):
   # The reported clean accuracy is the final checkpoint's on the first 16
   # test images, recomputed here from the saved parameters.
   config = smoke(PRESET_OF[method])
-  state, _ = training.load_checkpoint(config, workdir)
+  state, _ = workdir_lib.load_checkpoint(config, workdir)
   net = models.create(config.model.name, jax.random.key(0),
-                      **config_check.model_kwargs(config))
+                      **models.kwargs_from_config(config.model))
   net = net.replace(params=state.params, state=state.model_state)
   x, y = mnist_test
   logits = jax.jit(net.logits_fn())(jnp.asarray(x[:16]))
@@ -127,8 +129,8 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path):
   assert resumed["completed"] and resumed["step"] == 8
   assert resumed["seconds_total"] == pytest.approx(
       stopped["seconds"] + resumed["seconds"])
-  a, meta_a = training.load_checkpoint(smoke("mnist_lfr"), straight)
-  b, meta_b = training.load_checkpoint(smoke("mnist_lfr"), split)
+  a, meta_a = workdir_lib.load_checkpoint(smoke("mnist_lfr"), straight)
+  b, meta_b = workdir_lib.load_checkpoint(smoke("mnist_lfr"), split)
   assert meta_a["step"] == meta_b["step"] == 8
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -188,7 +190,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   with pytest.raises(training.TrainingDiverged,
                      match="NaN/Inf at step 6 .*last good checkpoint is step 4"):
     training.train_and_evaluate(config, workdir)
-  state, meta = training.load_checkpoint(config, workdir)
+  state, meta = workdir_lib.load_checkpoint(config, workdir)
   assert meta["step"] == 4
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
@@ -196,11 +198,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def test_schedules():
   config = smoke("mnist_lfr")
   config.optim.decay_epochs = (1.0, 1.5)
-  _, lr = training.make_optimizer(config.optim, steps_per_epoch=10)
+  _, lr = train_state.make_optimizer(config.optim, steps_per_epoch=10)
   assert [float(lr(s)) for s in (0, 9, 10, 14, 15)] == pytest.approx(
       [0.01, 0.01, 0.001, 0.001, 0.0001])
   config.inner.warmup_epochs = 2.0
-  eps = training.eps_schedule(config.inner, steps_per_epoch=10)
+  eps = train_state.eps_schedule(config.inner, steps_per_epoch=10)
   assert [float(eps(jnp.asarray(s))) for s in (0, 10, 20, 30)] == pytest.approx(
       [0.0, 0.15, 0.3, 0.3])
 
@@ -218,20 +220,21 @@ _SHARDED = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import lfr_jax, jax, jax.numpy as jnp, numpy as np
     from configs import mnist_lfr, mnist_at
-    from lfr_jax import config_check, data, models, objectives, training
+    from lfr_jax import config_check, data, models, objectives, sharding, steps
+    from lfr_jax import train_state, training
     assert jax.device_count() == 8, jax.devices()
 
     def one_step(config, model_kwargs, x, y, n):
-      mesh = training.make_mesh(n)
+      mesh = sharding.make_mesh(n)
       net = models.create(config.model.name, jax.random.key(0), **model_kwargs)
-      tx, lr = training.make_optimizer(config.optim, 10)
+      tx, lr = train_state.make_optimizer(config.optim, 10)
       objective = objectives.build(config.method,
-                                   **config_check.objective_settings(config))
-      step = training.make_train_step(objective, net.graphdef, tx, lr,
-                                      training.eps_schedule(config.inner, 10), mesh)
-      state = training.create_train_state(net, tx, jax.random.key(1))
-      sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-      xs, ys = data.to_global(sharding, x, y)
+                                   **objectives.settings_from_config(config))
+      step = steps.make_train_step(objective, net.graphdef, tx, lr,
+                                      train_state.eps_schedule(config.inner, 10), mesh)
+      state = train_state.create_train_state(net, tx, jax.random.key(1))
+      batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      xs, ys = data.to_global(batch_sharding, x, y)
       state, metrics = step(state, xs, ys)
       assert len(xs.sharding.device_set) == n
       return jax.device_get((state.params, state.model_state, metrics))

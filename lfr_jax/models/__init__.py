@@ -59,6 +59,11 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def kwargs_from_config(model_cfg) -> dict[str, Any]:
+  """Keyword arguments of :func:`create`: a config's ``model`` section minus its name."""
+  return {k: v for k, v in model_cfg.items() if k != "name"}
+
+
 @struct.dataclass
 class Network:
   """A model as data: static graph definition plus parameter and state pytrees.
