@@ -20,8 +20,8 @@ stage list over runs under ``--workdir`` (default ``runs/curve``):
 
 ``bench`` times one training step of every row's config, interleaved in one
 process, for the compute axis; ``collect`` copies the small results into
-``docs/results/curve/``, from which ``reproduce.py --stages=report`` writes
-the sections of ``docs/RESULTS.md``. Every stage skips what is done and
+``docs/results/curve/``, from which ``tools/reproduce.py --stages=report``
+writes the sections of ``docs/RESULTS.md``. Every stage skips what is done and
 training resumes from its checkpoints::
 
     python tools/curve.py --workdir=runs/curve --authors_checkpoint=model_best.pth.tar
@@ -334,7 +334,7 @@ def main(argv) -> None:
   if "collect" in f.stages and not f.dry_run:
     stage_collect(root)
     print(f"collected into {os.path.relpath(RESULTS_DIR, REPO)}; now run "
-          f"python reproduce.py --stages=report")
+          f"python tools/reproduce.py --stages=report")
 
 
 def define_flags() -> None:

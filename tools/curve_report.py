@@ -4,7 +4,8 @@ Reads only the small files ``tools/curve.py --stages=collect`` copies (so the
 report can be rebuilt on any machine without the runs) and returns Markdown:
 the LFR authors' published model beside the paper's row, the per-epoch log of
 LFR at the authors' settings, and robust accuracy against training compute
-with its figure. ``reproduce.py --stages=report`` calls :func:`sections`.
+with its figure. ``tools/reproduce.py --stages=report`` calls
+:func:`sections`.
 
 Example::
 

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python sweep.py --config=configs/mnist_lfr.py:quick \\
+    python tools/sweep.py --config=configs/mnist_lfr.py:quick \\
         --lams=0,0.01,0.02,0.05 --workdir=runs/lfr_sweep
-    python sweep.py --config=configs/mnist_lfr.py --lams=0,0.02 \\
+    python tools/sweep.py --config=configs/mnist_lfr.py --lams=0,0.02 \\
         --workdir=runs/lfr_sweep --eval_config.eval.num_examples=1000
 
 Trains ``config.<method>.lam = lambda`` for every lambda with
@@ -25,7 +25,14 @@ import json
 import os
 import sys
 
-import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as ``python tools/sweep.py``, Python puts tools/ first on the path; the
+# repository root must come first so that this checkout's ``lfr_jax`` (not
+# another installed copy) and ``configs`` are the ones imported.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+import lfr_jax  # noqa: E402,F401  (fast XLA CPU flags before jax starts)
 from absl import app
 from absl import flags
 from absl import logging
@@ -37,9 +44,8 @@ from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
 
-DEFAULT_EVAL_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                   "configs", "evaluate.py")
-PROG = "sweep.py"
+DEFAULT_EVAL_CONFIG = os.path.join(REPO, "configs", "evaluate.py")
+PROG = "tools/sweep.py"
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
 
 
