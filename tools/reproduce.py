@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +40,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # checkout's ``lfr_jax`` (not another installed copy) are the ones imported.
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 RESULTS_DIR = os.path.join(REPO, "docs", "results")
 RESULTS_MD = os.path.join(REPO, "docs", "RESULTS.md")
@@ -157,7 +158,7 @@ def shown(command: list[str]) -> str:
   return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
 
 
-def _run(command: list[str], log_path: str) -> float:
+def run_logged(command: list[str], log_path: str) -> float:
   """Runs ``command`` in the repo, its output to ``log_path``; returns seconds.
 
   Raises:
@@ -193,7 +194,8 @@ def train_done(root: str, row: Row) -> bool:
 def stage_train(root: str, rows: list[Row]) -> None:
   for row in rows:
     if not train_done(root, row):
-      _run(train_command(row, root), os.path.join(root, f"{row.name}.log"))
+      run_logged(train_command(row, root),
+                 os.path.join(root, f"{row.name}.log"))
 
 
 def stage_eval(root: str, rows: list[Row]) -> None:
@@ -203,7 +205,8 @@ def stage_eval(root: str, rows: list[Row]) -> None:
       continue
     command = eval_command(row, root, FLAGS.eval_examples,
                            FLAGS.check_examples)
-    seconds = _run(command, os.path.join(root, "eval", f"{row.name}.log"))
+    seconds = run_logged(command,
+                         os.path.join(root, "eval", f"{row.name}.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(out, "command.json"), "w") as f:
         json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -211,7 +214,7 @@ def stage_eval(root: str, rows: list[Row]) -> None:
   if (all(r in [row.name for row in rows] for r in GEOMETRY_ROWS)
       and not os.path.isfile(os.path.join(figures, "robustness.json"))):
     command = figures_command(root, FLAGS.eval_examples)
-    seconds = _run(command, os.path.join(root, "eval", "figures.log"))
+    seconds = run_logged(command, os.path.join(root, "eval", "figures.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(figures, "command.json"), "w") as f:
         json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -230,7 +233,7 @@ def stage_sweep(root: str) -> None:
   if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
     return
   command = sweep_command(root, FLAGS.eval_examples)
-  seconds = _run(command, os.path.join(sweep_root, "sweep.log"))
+  seconds = run_logged(command, os.path.join(sweep_root, "sweep.log"))
   if not FLAGS.dry_run:
     with open(os.path.join(sweep_root, "command.json"), "w") as f:
       json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -733,9 +736,8 @@ def render(results_dir: str) -> str:
   return "\n".join(out) + "\n"
 
 
-def main(argv):
-  del argv
-  from lfr_jax import cli  # pylint: disable=g-import-not-at-top
+def run() -> None:
+  """Runs the stages of ``--stages`` on the rows of ``--rows``."""
   unknown = sorted(set(FLAGS.stages) - set(STAGES))
   unknown_rows = sorted(set(FLAGS.rows) - set(ROW_NAMES))
   if unknown:
@@ -754,12 +756,14 @@ def main(argv):
   if "collect" in FLAGS.stages and not FLAGS.dry_run:
     stage_collect(root, rows)
   if "report" in FLAGS.stages and not FLAGS.dry_run:
-    text = render(RESULTS_DIR)
+    markdown = render(RESULTS_DIR)
     with open(RESULTS_MD, "w") as f:
-      f.write(text)
+      f.write(markdown)
     print(f"wrote {RESULTS_MD}")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Every stage runs the other programs as subprocesses: no jax here.
+  cli.main(PROG, run, settings_hint="flags such as --stages=report",
+           quiet_logs=False)

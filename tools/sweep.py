@@ -33,7 +33,6 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 import lfr_jax  # noqa: E402,F401  (fast XLA CPU flags before jax starts)
-from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
@@ -228,23 +227,5 @@ def _config_name() -> str:
   return "config"
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(PROG, f"unexpected arguments {argv[1:]}; settings go in "
-         f"--config.<field>=value.")
-  try:
-    config, eval_config = _CONFIG.value, _EVAL_CONFIG.value
-    list(config.keys())
-    list(eval_config.keys())
-  except Exception as e:  # pylint: disable=broad-except
-    cli.fail(PROG, f"--config: {cli.one_line(e)}")
-  from lfr_jax import training  # pylint: disable=g-import-not-at-top
-  training.quiet_library_logs()
-  try:
-    run(config, eval_config)
-  except USER_ERRORS as e:
-    cli.fail(PROG, cli.one_line(e))
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(PROG))
+  cli.main(PROG, run, [_CONFIG, _EVAL_CONFIG], USER_ERRORS)
