@@ -11,7 +11,7 @@ the repository root; MNIST comes from ``$LFR_DATA_DIR`` or, when that is
 unset, the repository's ``data/mnist/``::
 
     python tools/reproduce.py --workdir=runs/repro
-    python tools/reproduce.py --stages=report      # RESULTS.md from docs/results/
+    python tools/reproduce.py --stages=report   # RESULTS.md from docs/results/
     python tools/reproduce.py --rows=lfr_s0,trades_s0 --stages=train,eval
 
 Every stage skips what is already done (a finished training summary, an
@@ -42,6 +42,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
 
 RESULTS_DIR = os.path.join(REPO, "docs", "results")
 RESULTS_MD = os.path.join(REPO, "docs", "RESULTS.md")
@@ -137,7 +138,8 @@ def figures_command(root: str, examples: int) -> list[str]:
   """
   return [sys.executable, "evaluate.py",
           "--workdir=" + ",".join(os.path.join(root, r) for r in GEOMETRY_ROWS),
-          "--checkpoint=final", f"--out={os.path.join(root, 'eval', 'figures')}",
+          "--checkpoint=final",
+          f"--out={os.path.join(root, 'eval', 'figures')}",
           f"--config.eval.num_examples={examples}",
           "--config.eval.attacks=pgd", "--config.eval.checks=False",
           "--config.eval.progress=False"]
@@ -181,14 +183,14 @@ def run_logged(command: list[str], log_path: str) -> float:
   return seconds
 
 
-def _load(path: str):
+def _load_json(path: str):
   with open(path) as f:
     return json.load(f)
 
 
 def train_done(root: str, row: Row) -> bool:
   path = os.path.join(root, row.name, "summary.json")
-  return os.path.isfile(path) and _load(path).get("completed", False)
+  return os.path.isfile(path) and _load_json(path).get("completed", False)
 
 
 def stage_train(root: str, rows: list[Row]) -> None:
@@ -314,9 +316,9 @@ def _copy_scrubbed(src: str, dest: str) -> None:
   """Copies a text file without this machine's absolute paths."""
   from tools import curve  # pylint: disable=g-import-not-at-top
   with open(src) as f:
-    text = curve.scrub(f.read())
+    scrubbed = curve.scrub(f.read())
   with open(dest, "w") as f:
-    f.write(text)
+    f.write(scrubbed)
 
 
 def stage_collect(root: str, rows: list[Row]) -> None:
@@ -328,8 +330,8 @@ def stage_collect(root: str, rows: list[Row]) -> None:
     src_eval = os.path.join(root, "eval", row.name)
     for src, name in ((src_train, "summary.json"), (src_train, "config.json"),
                       (src_train, "metrics.jsonl"),
-                      (src_eval, "robustness.json"), (src_eval, "robustness.md"),
-                      (src_eval, "command.json")):
+                      (src_eval, "robustness.json"),
+                      (src_eval, "robustness.md"), (src_eval, "command.json")):
       if os.path.isfile(os.path.join(src, name)):
         out_name = "train_summary.json" if name == "summary.json" else name
         _copy_scrubbed(os.path.join(src, name), os.path.join(dest, out_name))
@@ -383,7 +385,7 @@ def load_results(results_dir: str) -> dict[str, dict]:
                       ("config", "config.json"), ("command", "command.json")):
       path = os.path.join(folder, name)
       if os.path.isfile(path):
-        entry[key] = _load(path)
+        entry[key] = _load_json(path)
     if "eval" in entry:
       # A run that ended as a constant classifier has no robustness to
       # report: its "robust" accuracy is the majority-class rate.
@@ -420,25 +422,27 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
   return mean, (max(values) - min(values)) / 2
 
 
-def _cell(values: list[float]) -> str:
+def _mean_spread_cell(values: list[float]) -> str:
   if not values:
     return "–"
   mean, spread = _mean_spread(values)
   return f"{mean:.2f}" + (f" ± {spread:.2f}" if len(values) > 1 else "")
 
 
-def side_by_side(results: dict, authors: dict | None = None) -> list[str]:
+def side_by_side(results: dict, authors: dict | None = None) -> str:
   """The paper's Table 1 and ours, cell by cell (ours − paper).
 
   Args:
     results: :func:`load_results`.
     authors: :func:`load_authors_model`, drawn below the LFR row.
+
+  Returns:
+    The Markdown table.
   """
   header = ["defence", "seeds"] + [
       f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS] + [
           f"{label} (ours; not in the paper)" for _, label in EXTRA_COLUMNS]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---"] * len(header)) + "|"]
+  rows = []
   for paper_row, paper in PAPER.items():
     runs = [results[r.name] for r in ROWS
             if r.paper == paper_row and r.name in results
@@ -450,28 +454,34 @@ def side_by_side(results: dict, authors: dict | None = None) -> list[str]:
           "ddn_unquantized" in row_metrics(e) for e in runs) else ""
       if ours:
         mean, _ = _mean_spread(ours)
-        cells.append(f"{_cell(ours)}{dagger} / {paper[key]:.2f} / "
-                     f"{mean - paper[key]:+.2f}")
+        cells.append(f"{_mean_spread_cell(ours)}{dagger} / {paper[key]:.2f} "
+                     f"/ {mean - paper[key]:+.2f}")
       else:
         cells.append(f"not run / {paper[key]:.2f} / –")
     for key, _ in EXTRA_COLUMNS:
-      cells.append(_cell([row_metrics(e)[key] for e in runs
-                          if key in row_metrics(e)]))
-    lines.append("| " + " | ".join(cells) + " |")
+      cells.append(_mean_spread_cell([row_metrics(e)[key] for e in runs
+                                      if key in row_metrics(e)]))
+    rows.append(cells)
     if paper_row == "LFR" and authors is not None:
-      lines.append(_authors_row(authors, paper))
-  return lines
+      rows.append(_authors_cells(authors, paper))
+  return text.markdown_table(header, rows)
 
 
-def _authors_row(entry: dict, paper: dict) -> str:
+def _authors_cells(entry: dict, paper: dict) -> list[str]:
   """The LFR authors' published model, against the paper's LFR row."""
-  m = row_metrics(entry)
+  metrics = row_metrics(entry)
   cells = ["LFR, authors' 100-epoch model", "1"]
   for key, _ in PAPER_COLUMNS:
-    cells.append(f"{m[key]:.2f} / {paper[key]:.2f} / {m[key] - paper[key]:+.2f}"
-                 if key in m else "–")
-  cells += [f"{m[key]:.2f}" if key in m else "–" for key, _ in EXTRA_COLUMNS]
-  return "| " + " | ".join(cells) + " |"
+    cells.append(f"{metrics[key]:.2f} / {paper[key]:.2f} / "
+                 f"{metrics[key] - paper[key]:+.2f}"
+                 if key in metrics else "–")
+  cells += [_accuracy_cell(metrics, key) for key, _ in EXTRA_COLUMNS]
+  return cells
+
+
+def _accuracy_cell(metrics: dict[str, float], key: str) -> str:
+  """An accuracy of :func:`row_metrics` (already in %); – when absent."""
+  return f"{metrics[key]:.2f}" if key in metrics else "–"
 
 
 def load_authors_model(results_dir: str) -> dict | None:
@@ -479,48 +489,53 @@ def load_authors_model(results_dir: str) -> dict | None:
   from tools import curve  # pylint: disable=g-import-not-at-top
   path = os.path.join(results_dir, "curve", curve.AUTHORS_MODEL,
                       "robustness.json")
-  return {"eval": _load(path)} if os.path.isfile(path) else None
+  return {"eval": _load_json(path)} if os.path.isfile(path) else None
 
 
-def full_table(results: dict, results_dir: str) -> list[str]:
-  """Every run, every column, with its seed and wall times."""
-  cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
-                          ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
-  header = (["run", "defence", "seed"] + [label for _, label in cols]
+def full_table(results: dict, results_dir: str) -> str:
+  """Every run, every column, with its seed and wall times.
+
+  Args:
+    results: :func:`load_results`.
+    results_dir: docs/results, for the rows trained but not evaluated.
+
+  Returns:
+    The Markdown table: run, defence and seed left-aligned, numbers right.
+  """
+  columns = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
+                             ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
+  header = (["run", "defence", "seed"] + [label for _, label in columns]
             + ["DDN median L2", "DDN acc@L2≤2",
                "train: test clean / PGD-20 (1,000)",
                "train s", "eval s"])
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+  rows = []
   for row in ROWS:
+    labels = [row.name, row.label, str(row.seed)]
     if row.name not in results:
       train = _train_only(results_dir, row)
-      cells = [row.name, row.label, str(row.seed)] + ["not evaluated"] * (
-          len(cols) + 2)
-      cells += [_train_cell(train), _seconds(_train_seconds(train)), "–"]
-      lines.append("| " + " | ".join(cells) + " |")
+      rows.append(labels + ["not evaluated"] * (len(columns) + 2) + [
+          _training_test_cell(train), _seconds_cell(_train_seconds(train)),
+          "–"])
       continue
     entry = results[row.name]
+    train = entry.get("train", {})
+    eval_seconds = _seconds_cell(entry.get("command", {}).get("seconds"))
     if entry["collapsed"]:
-      cells = [row.name, row.label, str(row.seed)] + [
-          "constant classifier"] * (len(cols) + 2)
-      cells += [_train_cell(entry.get("train", {})),
-                _seconds(_train_seconds(entry.get("train", {}))),
-                _seconds(entry.get("command", {}).get("seconds"))]
-      lines.append("| " + " | ".join(cells) + " |")
+      rows.append(labels + ["constant classifier"] * (len(columns) + 2) + [
+          _training_test_cell(train), _seconds_cell(_train_seconds(train)),
+          eval_seconds])
       continue
-    m = row_metrics(entry)
-    cells = [row.name, row.label, str(row.seed)]
-    cells += [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols]
-    median = m.get("ddn_median_l2")
+    metrics = row_metrics(entry)
+    cells = labels + [_accuracy_cell(metrics, k) for k, _ in columns]
+    median = metrics.get("ddn_median_l2")
     cells.append("–" if median is None else "inf" if median == float("inf")
                  else f"{median:.3f}")
-    cells.append(f"{m['ddn_at_budget']:.2f}" if "ddn_at_budget" in m else "–")
-    cells.append(_train_cell(entry.get("train", {})))
-    cells.append(_seconds(_train_seconds(entry.get("train", {}))))
-    cells.append(_seconds(entry.get("command", {}).get("seconds")))
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines
+    cells.append(_accuracy_cell(metrics, "ddn_at_budget"))
+    cells.append(_training_test_cell(train))
+    cells.append(_seconds_cell(_train_seconds(train)))
+    cells.append(eval_seconds)
+    rows.append(cells)
+  return text.markdown_table(header, rows, left_columns=3)
 
 
 def _train_seconds(summary: dict):
@@ -528,22 +543,23 @@ def _train_seconds(summary: dict):
   return summary.get("seconds_total", summary.get("seconds"))
 
 
-def _seconds(v) -> str:
-  return f"{v:.0f}" if v else "–"
+def _seconds_cell(seconds) -> str:
+  """Whole seconds; – when unknown (or zero: a dry run's)."""
+  return f"{seconds:.0f}" if seconds else "–"
 
 
-def _train_cell(summary: dict) -> str:
+def _training_test_cell(summary: dict) -> str:
   """Training's own end-of-run test numbers (PGD-20 on 1,000 test images)."""
   if "test_clean_acc" not in summary:
     return "–"
-  return (f"{100 * summary['test_clean_acc']:.1f} / "
-          f"{100 * summary['test_pgd_acc']:.1f}")
+  return (f"{text.percent(summary['test_clean_acc'], digits=1)} / "
+          f"{text.percent(summary['test_pgd_acc'], digits=1)}")
 
 
 def _train_only(results_dir: str, row: Row) -> dict:
   """A row's training summary when it was trained but not evaluated."""
   path = os.path.join(results_dir, row.name, "train_summary.json")
-  return _load(path) if os.path.isfile(path) else {}
+  return _load_json(path) if os.path.isfile(path) else {}
 
 
 def check_lines(results: dict) -> list[str]:
@@ -563,30 +579,30 @@ def check_lines(results: dict) -> list[str]:
 
 def headline(results: dict) -> str:
   """LFR's worst-case robust accuracy against TRADES' and AT's."""
-  def worst(paper_row):
-    vals = [row_metrics(results[r.name])["worst"] for r in ROWS
+  def worst_cases(paper_row):
+    return [row_metrics(results[r.name])["worst"] for r in ROWS
             if r.paper == paper_row and r.name in results
             and not results[r.name]["collapsed"]
             and "worst" in row_metrics(results[r.name])]
-    return vals
-  def warns(paper_row):
+  def warn_count(paper_row):
     return sum(c["status"] == "WARN" for r in ROWS
                if r.paper == paper_row and r.name in results
                for c in results[r.name]["eval"]["rows"][0].get("checks", []))
   parts = []
   for name in ("LFR", "TRADES", "AT", "LLR", "Standard"):
-    vals = worst(name)
-    if vals:
-      n_warn = warns(name)
-      parts.append(f"{name} {_cell(vals)}%" + (
-          f" ({n_warn} masking WARN{'s' if n_warn > 1 else ''})"
-          if n_warn else ""))
+    accuracies = worst_cases(name)
+    if accuracies:
+      warns = warn_count(name)
+      parts.append(f"{name} {_mean_spread_cell(accuracies)}%" + (
+          f" ({warns} masking WARN{'s' if warns > 1 else ''})"
+          if warns else ""))
   return ("Worst-case robust accuracy (ℓ∞, ε = 0.3; mean ± half-range over "
           "seeds): " + ", ".join(parts) + "." if parts else
           "No row has been evaluated yet.")
 
 
 def _protocol_text(results: dict) -> list[str]:
+  """The protocol section: training, evaluation, sample size, machine."""
   from configs import common  # pylint: disable=g-import-not-at-top
   any_entry = next(iter(results.values()), None)
   lines = [
@@ -601,25 +617,27 @@ def _protocol_text(results: dict) -> list[str]:
       f"0.01, lr 0.01.",
   ]
   if any_entry:
-    ev = any_entry["eval"]
-    s = ev["settings"]
+    evaluation = any_entry["eval"]
+    settings = evaluation["settings"]
     lines.append(
         f"- **Evaluation** (`evaluate.py`, final checkpoints): the first "
-        f"{ev['rows'][0]['examples']} MNIST test images, ε = {s['eps']:g}; "
-        f"every attack at its full settings: PGD-{s['pgd_steps']} (step "
-        f"{s['step_size']:g}, uniform start), FGSM and MI-FGSM (decay "
-        f"{s['mifgsm_lfr_decay']:g}) as the LFR authors ran them, DDN-"
-        f"{s['ddn_steps']} (advertorch's defaults, no norm bound: accuracy "
-        f"on its output; also the median ‖δ‖₂ and accuracy at ‖δ‖₂ ≤ "
-        f"{s['ddn_l2_budget']:g}), "
-        f"APGD-CE and APGD-T ({s['apgd_steps']} steps, "
-        f"{s['apgd_targets']} targets), and the per-example worst case over "
-        f"all ℓ∞ attacks. Masking checks on the first "
-        f"{s['check_examples']} images.")
-    lines.append(_sample_size_text(results, ev["rows"][0]["examples"]))
-    hw = ev.get("hardware", {})
-    sw = ev.get("software", {})
-    lines.append(f"- **Hardware and software**: {_flat(hw)}; {_flat(sw)}.")
+        f"{evaluation['rows'][0]['examples']} MNIST test images, "
+        f"ε = {settings['eps']:g}; every attack at its full settings: "
+        f"PGD-{settings['pgd_steps']} (step {settings['step_size']:g}, "
+        f"uniform start), FGSM and MI-FGSM (decay "
+        f"{settings['mifgsm_lfr_decay']:g}) as the LFR authors ran them, "
+        f"DDN-{settings['ddn_steps']} (advertorch's defaults, no norm "
+        f"bound: accuracy on its output; also the median ‖δ‖₂ and accuracy "
+        f"at ‖δ‖₂ ≤ {settings['ddn_l2_budget']:g}), APGD-CE and APGD-T "
+        f"({settings['apgd_steps']} steps, {settings['apgd_targets']} "
+        f"targets), and the per-example worst case over all ℓ∞ attacks. "
+        f"Masking checks on the first {settings['check_examples']} images.")
+    lines.append(_sample_size_text(results,
+                                   evaluation["rows"][0]["examples"]))
+    hardware = evaluation.get("hardware", {})
+    software = evaluation.get("software", {})
+    lines.append(f"- **Hardware and software**: {_flat(hardware)}; "
+                 f"{_flat(software)}.")
   return lines
 
 
@@ -630,25 +648,29 @@ def binomial_halfwidth(accuracy: float, n: int) -> float:
 
 
 def _sample_size_text(results: dict, n: int) -> str:
+  """The paragraph on what ``n`` test images can and cannot tell apart."""
   seconds = [e["command"]["seconds"] for e in results.values()
              if e.get("command", {}).get("seconds")]
-  text = (f"- **Sample size**: {n} test images, not the full 10,000: an "
-          f"accuracy's 95% interval is about ±{binomial_halfwidth(50, n):.1f} "
-          f"points at 50%, ±{binomial_halfwidth(80, n):.1f} at 80% and "
-          f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
-          f"larger than that are findings.")
+  paragraph = (
+      f"- **Sample size**: {n} test images, not the full 10,000: an "
+      f"accuracy's 95% interval is about ±{binomial_halfwidth(50, n):.1f} "
+      f"points at 50%, ±{binomial_halfwidth(80, n):.1f} at 80% and "
+      f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
+      f"larger than that are findings.")
   if seconds:
     median = sorted(seconds)[len(seconds) // 2]
-    text += (f" One evaluation took a median {median:.0f} s here; the full "
-             f"test set would take about {median * 10_000 / n / 3600:.1f} h "
-             f"per row on these 2 CPU cores.")
-  return text
+    paragraph += (
+        f" One evaluation took a median {median:.0f} s here; the full "
+        f"test set would take about {median * 10_000 / n / 3600:.1f} h "
+        f"per row on these 2 CPU cores.")
+  return paragraph
 
 
-def _flat(d) -> str:
-  if isinstance(d, dict):
-    return ", ".join(f"{k} {v}" for k, v in d.items())
-  return str(d)
+def _flat(details) -> str:
+  """``{"cpu": "x", "jax": "0.1"}`` -> ``cpu x, jax 0.1``."""
+  if isinstance(details, dict):
+    return ", ".join(f"{k} {v}" for k, v in details.items())
+  return str(details)
 
 
 def render(results_dir: str) -> str:
@@ -688,7 +710,7 @@ def render(results_dir: str) -> str:
           "256-level rounding and with its step schedule one step earlier; "
           "their value is clean × (1 − success), exact for that attack.", ""]
   authors = load_authors_model(results_dir)
-  out += side_by_side(results, authors)
+  out.append(side_by_side(results, authors))
   if authors is not None:
     n = authors["eval"]["rows"][0]["examples"]
     out += ["", f"The authors' model is evaluated on the first {n} test "
@@ -697,7 +719,7 @@ def render(results_dir: str) -> str:
   out += ["", "## Every run, every column", "",
           "Accuracy in %; train s is the wall time of training including its "
           "validation, eval s that of `evaluate.py`.", ""]
-  out += full_table(results, results_dir)
+  out.append(full_table(results, results_dir))
   out += ["", "## Gradient-masking checks", ""]
   out += check_lines(results) or ["(no row evaluated yet)"]
   from tools import curve_report  # pylint: disable=g-import-not-at-top

@@ -42,6 +42,7 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import text
 
 DEFAULT_EVAL_CONFIG = os.path.join(REPO, "configs", "evaluate.py")
 PROG = "tools/sweep.py"
@@ -71,14 +72,14 @@ def parse_lams(values: list[str]) -> list[float]:
     config_check.ConfigError: a value that is not a number >= 0, or a repeat.
   """
   out = []
-  for v in values:
+  for value in values:
     try:
-      lam = float(v)
+      lam = float(value)
     except ValueError:
       raise config_check.ConfigError(
-          f"--lams: {v!r} is not a number.") from None
+          f"--lams: {value!r} is not a number.") from None
     if not lam >= 0 or lam == float("inf"):
-      raise config_check.ConfigError(f"--lams: {v!r} must be a finite "
+      raise config_check.ConfigError(f"--lams: {value!r} must be a finite "
                                      f"number >= 0.")
     if lam in out:
       raise config_check.ConfigError(f"--lams names {lam:g} twice.")
@@ -88,7 +89,7 @@ def parse_lams(values: list[str]) -> list[float]:
   return out
 
 
-def run_dir(root: str, lam: float) -> str:
+def lam_workdir(root: str, lam: float) -> str:
   """``<root>/lam_<lambda>`` (``%g``: lam_0, lam_0.02, lam_1e-05)."""
   return os.path.join(root, f"lam_{lam:g}")
 
@@ -112,33 +113,40 @@ def lam_config(config, lam: float):
 
 def eval_settings(eval_config, attacks: str):
   """The evaluation settings of the sweep: ``attacks`` only, no extras."""
-  cfg = ml_collections.ConfigDict(eval_config.eval.to_dict())
-  cfg.attacks = attacks
-  cfg.checks = False
-  cfg.geometry = False
-  cfg.eps_sweep = ()
-  evaluation.validate_settings(cfg)
-  return cfg
+  settings = ml_collections.ConfigDict(eval_config.eval.to_dict())
+  settings.attacks = attacks
+  settings.checks = False
+  settings.geometry = False
+  settings.eps_sweep = ()
+  evaluation.validate_settings(settings)
+  return settings
 
 
 def sweep_markdown(result: dict) -> str:
-  """The sweep as Markdown: one line per lambda."""
-  names = result["columns"]
-  header = ["lambda", "clean"] + [c["label"] for c in names] + [
+  """The sweep as Markdown: one line per lambda.
+
+  Args:
+    result: what :func:`run` writes to sweep.json.
+
+  Returns:
+    The title, a line on the setting and the table, numbers right-aligned.
+  """
+  columns = result["columns"]
+  header = ["lambda", "clean"] + [c["label"] for c in columns] + [
       "train: test clean", "train: test PGD", "status"]
+  rows = []
+  for entry in result["runs"]:
+    accuracy = entry.get("accuracy", {})
+    summary = entry.get("train_summary", {})
+    rows.append([f"{entry['lam']:g}", text.percent(accuracy.get("clean"))]
+                + [text.percent(accuracy.get(c["name"])) for c in columns]
+                + [text.percent(summary.get("test_clean_acc")),
+                   text.percent(summary.get("test_pgd_acc")),
+                   entry["status"]])
   lines = ["# Lambda sweep", "",
            f"{result['config']} ({result['method']}), "
            f"{result['examples']} test examples; accuracy in %.", "",
-           "| " + " | ".join(header) + " |",
-           "|" + "|".join(["---:"] * len(header)) + "|"]
-  for r in result["runs"]:
-    acc = r.get("accuracy", {})
-    s = r.get("train_summary", {})
-    cells = [f"{r['lam']:g}", _pct(acc.get("clean"))]
-    cells += [_pct(acc.get(c["name"])) for c in names]
-    cells += [_pct(s.get("test_clean_acc")), _pct(s.get("test_pgd_acc")),
-              r["status"]]
-    lines.append("| " + " | ".join(cells) + " |")
+           text.markdown_table(header, rows, left_columns=0)]
   if result.get("reduced_settings"):
     reduced = "; ".join(result["reduced_settings"])
     lines += ["", f"Reduced attack settings ({reduced}): a smoke test, not "
@@ -146,27 +154,37 @@ def sweep_markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _pct(v) -> str:
-  return "n/a" if v is None else f"{100 * float(v):.2f}"
-
-
 def run(config, eval_config) -> dict:
+  """Trains every lambda, evaluates the final checkpoints, writes the sweep.
+
+  Args:
+    config: the training preset (``--config``).
+    eval_config: the evaluation settings (``--eval_config``).
+
+  Returns:
+    What sweep.json holds.
+
+  Raises:
+    config_check.ConfigError, data.DataError, evaluation.EvalError: a
+      mistake in the flags, configs or data (one line from ``cli.main``).
+  """
   from lfr_jax import plots  # pylint: disable=g-import-not-at-top
   from lfr_jax import training  # pylint: disable=g-import-not-at-top
   lams = parse_lams(_LAMS.value)
-  cfg = eval_settings(eval_config, _ATTACKS.value)
+  settings = eval_settings(eval_config, _ATTACKS.value)
   configs = [lam_config(config, lam) for lam in lams]
   root = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   if os.path.exists(root) and not os.path.isdir(root):
     raise config_check.ConfigError(f"--workdir {root} is a file, not a folder.")
   for lam in lams:
-    training.check_workdir(run_dir(root, lam))
-  runs, model_list = [], []
-  for lam, lam_cfg in zip(lams, configs):
-    workdir = run_dir(root, lam)
+    training.check_workdir(lam_workdir(root, lam))
+  runs, final_checkpoints = [], []
+  for lam, lam_training_config in zip(lams, configs):
+    workdir = lam_workdir(root, lam)
     entry = {"lam": lam, "workdir": workdir}
     try:
-      entry["train_summary"] = training.train_and_evaluate(lam_cfg, workdir)
+      entry["train_summary"] = training.train_and_evaluate(
+          lam_training_config, workdir)
       entry["status"] = ("done" if entry["train_summary"]["completed"]
                          else "stopped at max_steps")
     except training.TrainingDiverged as e:
@@ -175,26 +193,28 @@ def run(config, eval_config) -> dict:
     runs.append(entry)
     if entry["status"] != "diverged":
       _, rows = evaluation.load_run(workdir, prefix=f"lambda={lam:g}: ")
-      model_list.append(rows[0])  # the final checkpoint
+      final_checkpoints.append(rows[0])
       entry["row"] = rows[0].label
-  if not model_list:
+  if not final_checkpoints:
     raise evaluation.EvalError("every run diverged; nothing to evaluate.")
-  x, y, info = evaluation.load_test_data(configs[0].data, int(cfg.num_examples))
-  report = evaluation.evaluate(model_list, x, y, cfg, data_info=info)
+  x, y, info = evaluation.load_test_data(configs[0].data,
+                                         int(settings.num_examples))
+  report = evaluation.evaluate(final_checkpoints, x, y, settings,
+                               data_info=info)
   evaluation.write_report(report, os.path.join(root, "eval"))
   by_label = {row.label: evaluation.metrics(row, report) for row in report.rows}
-  columns = [{"name": a.name, "label": a.label, "settings": a.settings(),
-              "source": a.source} for a in report.columns
-             if a.threat == "linf"]
+  columns = [{"name": attack.name, "label": attack.label,
+              "settings": attack.settings(), "source": attack.source}
+             for attack in report.columns if attack.threat == "linf"]
   if report.has_worst:
     columns.append({"name": "worst", "label": "worst case"})
   for entry in runs:
     if "row" in entry:
-      m = by_label[entry["row"]]
-      entry["accuracy"] = {k: m[k] for k in ["clean"] + [
+      metrics = by_label[entry["row"]]
+      entry["accuracy"] = {k: metrics[k] for k in ["clean"] + [
           c["name"] for c in columns]}
   result = {
-      "config": _config_name(),
+      "config": _config_argument(),
       "method": config.method, "lams": lams, "examples": int(x.shape[0]),
       "data": info, "columns": columns, "runs": runs,
       "eval_settings": report.settings,
@@ -220,7 +240,8 @@ def run(config, eval_config) -> dict:
   return result
 
 
-def _config_name() -> str:
+def _config_argument() -> str:
+  """The ``--config`` value as given (file and variant), for the report."""
   for arg in sys.argv[1:]:
     if arg.startswith("--config="):
       return arg.split("=", 1)[1]
