@@ -268,9 +268,10 @@ def run() -> None:
   n = min(FLAGS.num_examples, len(x_all))
   x_all, y_all = x_all[:n], y_all[:n]
   parts = chunks(n, FLAGS.batch)
-  xs_j = [jnp.asarray(x_all[s]) for s in parts]
-  ys_j = [jnp.asarray(y_all[s]) for s in parts]
-  xs_t, ys_t = zip(*[common.to_torch(x_all[s], y_all[s]) for s in parts])
+  xs_jax = [jnp.asarray(x_all[part]) for part in parts]
+  ys_jax = [jnp.asarray(y_all[part]) for part in parts]
+  xs_torch, ys_torch = zip(*[common.to_torch(x_all[part], y_all[part])
+                             for part in parts])
 
   print(f"# bench/apgd_torchattacks.py: APGD-CE, {FLAGS.steps} iterations, "
         f"1 restart, l_inf eps {FLAGS.eps}, first {n} MNIST test images, "
@@ -286,7 +287,7 @@ def run() -> None:
   key = jax.random.key(FLAGS.seed)
   compiled = {}
   start = time.perf_counter()
-  for x, y in zip(xs_j, ys_j):
+  for x, y in zip(xs_jax, ys_jax):
     if x.shape not in compiled:
       compiled[x.shape] = attack.lower(net.params, net.state, x, y,
                                        key).compile()
@@ -294,18 +295,19 @@ def run() -> None:
 
   # Untimed warm-up of both (first-call costs of the executables and of
   # PyTorch's kernels): one short run on the first chunk.
-  jax.block_until_ready(compiled[xs_j[0].shape](net.params, net.state,
-                                                xs_j[0], ys_j[0], key))
-  run_torch(model, xs_t[:1], ys_t[:1], eps=FLAGS.eps, steps=2, seed=FLAGS.seed)
+  jax.block_until_ready(compiled[xs_jax[0].shape](net.params, net.state,
+                                                xs_jax[0], ys_jax[0], key))
+  run_torch(model, xs_torch[:1], ys_torch[:1], eps=FLAGS.eps, steps=2,
+            seed=FLAGS.seed)
 
   jax_s, torch_s = [], []
-  for r in range(FLAGS.repeats):
-    clean_j, robust_j, seconds = run_jax(compiled, net, xs_j, ys_j,
-                                         jax.random.fold_in(key, r))
+  for repeat in range(FLAGS.repeats):
+    clean_jax, robust_jax, seconds = run_jax(
+        compiled, net, xs_jax, ys_jax, jax.random.fold_in(key, repeat))
     jax_s.append(seconds)
-    clean_t, robust_t, seconds = run_torch(model, xs_t, ys_t, eps=FLAGS.eps,
-                                           steps=FLAGS.steps,
-                                           seed=FLAGS.seed + r)
+    clean_torch, robust_torch, seconds = run_torch(
+        model, xs_torch, ys_torch, eps=FLAGS.eps, steps=FLAGS.steps,
+        seed=FLAGS.seed + repeat)
     torch_s.append(seconds)
 
   jax_median, torch_median = (statistics.median(jax_s),
@@ -313,13 +315,13 @@ def run() -> None:
   print(text.markdown_table(
       ["attack", "clean acc", "robust acc", "s per run, median (min)",
        "images/s", "compile s"],
-      [["lfr_jax.attacks.apgd (JAX)", f"{text.percent(clean_j.mean())}%",
-        f"{text.percent(robust_j.mean())}%",
+      [["lfr_jax.attacks.apgd (JAX)", f"{text.percent(clean_jax.mean())}%",
+        f"{text.percent(robust_jax.mean())}%",
         common.median_and_min(jax_s, digits=2), f"{n / jax_median:.1f}",
         f"{compile_s:.1f}"],
        ["torchattacks 3.5.1 APGD (PyTorch)",
-        f"{text.percent(clean_t.mean())}%",
-        f"{text.percent(robust_t.mean())}%",
+        f"{text.percent(clean_torch.mean())}%",
+        f"{text.percent(robust_torch.mean())}%",
         common.median_and_min(torch_s, digits=2), f"{n / torch_median:.1f}",
         "-"]]))
   print()
@@ -327,10 +329,10 @@ def run() -> None:
   print(f"- speed-up torchattacks / ours {ratio:.2f}x (target >= 2x): "
         f"{'PASS' if ratio >= 2 else 'FAIL'}; with our compile counted once: "
         f"{torch_median / (jax_median + compile_s):.2f}x")
-  print(f"- {agreement_line(robust_j.mean(), robust_t.mean(), n)}; the same "
-        f"verdict on {100 * (robust_j == robust_t).mean():.1f}% of the images "
-        f"(last run)")
-  if max(robust_j.mean(), robust_t.mean()) < 0.05:
+  print(f"- {agreement_line(robust_jax.mean(), robust_torch.mean(), n)}; the "
+        f"same verdict on {100 * (robust_jax == robust_torch).mean():.1f}% of "
+        f"the images (last run)")
+  if max(robust_jax.mean(), robust_torch.mean()) < 0.05:
     print("- both robust accuracies are near 0%, so their agreement says "
           "little: attack an adversarially trained run (--workdir=..., e.g. "
           "from python train.py --config=configs/mnist_at.py:quick "
@@ -340,8 +342,9 @@ def run() -> None:
       json.dump({"machine": common.machine_line(FLAGS.threads),
                  "model": source, "n": n, "jax_s": jax_s, "torch_s": torch_s,
                  "compile_s": compile_s,
-                 "clean": [float(clean_j.mean()), float(clean_t.mean())],
-                 "robust": [float(robust_j.mean()), float(robust_t.mean())]},
+                 "clean": [float(clean_jax.mean()), float(clean_torch.mean())],
+                 "robust": [float(robust_jax.mean()),
+                            float(robust_torch.mean())]},
                 f, indent=2)
 
 

@@ -202,22 +202,24 @@ def conv_rows(batch: int, repeats: int) -> list[tuple]:
     g = rng.normal(size=(batch, out_side, out_side, c_out)).astype(np.float32)
     conv = lambda a, b: fast_conv.fast_conv_general_dilated(  # noqa: E731
         a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    fwd = jax.jit(conv)
-    in_t = jax.jit(lambda gg, b: jax.vjp(lambda a: conv(a, b), x)[1](gg)[0])
-    w_t = jax.jit(lambda a, gg: jax.vjp(lambda b: conv(a, b), w)[1](gg)[0])
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
-    conv_t = torch.nn.functional.conv2d
+    forward = jax.jit(conv)
+    input_transpose = jax.jit(
+        lambda gg, b: jax.vjp(lambda a: conv(a, b), x)[1](gg)[0])
+    weight_transpose = jax.jit(
+        lambda a, gg: jax.vjp(lambda b: conv(a, b), w)[1](gg)[0])
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    w_torch = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+    g_torch = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+    torch_conv = torch.nn.functional.conv2d
     grad = torch.nn.grad
     gflop = 2.0 * batch * out_side ** 2 * c_out * c_in * 9 / 1e9
     cases = (
-        ("forward", lambda: fwd(x, w).block_until_ready(),
-         lambda: conv_t(xt, wt)),
-        ("input transpose", lambda: in_t(g, w).block_until_ready(),
-         lambda: grad.conv2d_input(xt.shape, wt, gt)),
-        ("weight transpose", lambda: w_t(x, g).block_until_ready(),
-         lambda: grad.conv2d_weight(xt, wt.shape, gt)),
+        ("forward", lambda: forward(x, w).block_until_ready(),
+         lambda: torch_conv(x_torch, w_torch)),
+        ("input transpose", lambda: input_transpose(g, w).block_until_ready(),
+         lambda: grad.conv2d_input(x_torch.shape, w_torch, g_torch)),
+        ("weight transpose", lambda: weight_transpose(x, g).block_until_ready(),
+         lambda: grad.conv2d_weight(x_torch, w_torch.shape, g_torch)),
     )
     for op, run_jax, run_torch in cases:
       rows.append((f"conv{i + 1} {c_in}->{c_out} @{side}x{side}", op,

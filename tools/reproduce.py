@@ -617,11 +617,11 @@ def _protocol_text(results: dict) -> list[str]:
       f"0.01, lr 0.01.",
   ]
   if any_entry:
-    evaluation = any_entry["eval"]
-    settings = evaluation["settings"]
+    report = any_entry["eval"]
+    settings = report["settings"]
     lines.append(
         f"- **Evaluation** (`evaluate.py`, final checkpoints): the first "
-        f"{evaluation['rows'][0]['examples']} MNIST test images, "
+        f"{report['rows'][0]['examples']} MNIST test images, "
         f"ε = {settings['eps']:g}; every attack at its full settings: "
         f"PGD-{settings['pgd_steps']} (step {settings['step_size']:g}, "
         f"uniform start), FGSM and MI-FGSM (decay "
@@ -633,9 +633,9 @@ def _protocol_text(results: dict) -> list[str]:
         f"targets), and the per-example worst case over all ℓ∞ attacks. "
         f"Masking checks on the first {settings['check_examples']} images.")
     lines.append(_sample_size_text(results,
-                                   evaluation["rows"][0]["examples"]))
-    hardware = evaluation.get("hardware", {})
-    software = evaluation.get("software", {})
+                                   report["rows"][0]["examples"]))
+    hardware = report.get("hardware", {})
+    software = report.get("software", {})
     lines.append(f"- **Hardware and software**: {_flat(hardware)}; "
                  f"{_flat(software)}.")
   return lines
