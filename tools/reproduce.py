@@ -27,7 +27,6 @@ import glob
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
