@@ -13,8 +13,8 @@ It reports clean and robust accuracy of each (they should agree within
 sampling noise: the attacks draw different random starts) and the wall time
 of the whole attack over all examples, interleaved (one JAX run, one
 torchattacks run, ``--repeats`` times; medians). Ours is timed after
-compiling; the compile time is reported apart. Target (issue 5): torchattacks
-time / ours >= 2.
+compiling; the compile time is reported apart. Target: torchattacks time /
+ours >= 2.
 
 torchattacks is imported lazily. Its declared torchvision requirement would
 pull a multi-GB build, so install it without dependencies::
@@ -42,27 +42,28 @@ from typing import Any
 from absl import app
 from absl import flags
 
-import lfr_jax  # noqa: F401  (fast CPU flags before jax starts)
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from lfr_jax import attacks
-from lfr_jax import config_check
-from lfr_jax import data
-from lfr_jax import interop
-from lfr_jax import models
-from lfr_jax import objectives
-from lfr_jax import training
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_step  # noqa: E402  (PyTorch SmallCNN and shared helpers)
+import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from lfr_jax import attacks  # noqa: E402
+from lfr_jax import cli  # noqa: E402
+from lfr_jax import config_check  # noqa: E402
+from lfr_jax import data  # noqa: E402
+from lfr_jax import interop  # noqa: E402
+from lfr_jax import models  # noqa: E402
+from lfr_jax import objectives  # noqa: E402
+from lfr_jax import text  # noqa: E402
+from lfr_jax import training  # noqa: E402
 
 FLAGS = flags.FLAGS
+PROG = "bench/apgd_torchattacks.py"
 TORCHATTACKS_INSTALL = ("pip install --no-deps torchattacks==3.5.1 scipy "
                         "requests tqdm")
 
@@ -140,15 +141,9 @@ def train_small_cnn(method: str, num_steps: int, inner_k: int, seed: int,
   if "num_steps" in objectives.valid_settings(method):
     settings["num_steps"] = inner_k
   net = models.create("small_cnn", jax.random.key(seed))
-  tx = optax.sgd(0.01, momentum=0.9)
   mesh = training.make_mesh(1)
-  eps_value = jnp.asarray(eps, jnp.float32)
-  step = training.make_train_step(objectives.build(method, **settings),
-                                  net.graphdef, tx, lambda s: 0.01,
-                                  lambda s: eps_value, mesh)
-  state = jax.device_put(
-      training.create_train_state(net, tx, jax.random.key(seed + 1)),
-      NamedSharding(mesh, P()))
+  step, state = common.make_jax_step(method, net, settings, eps=eps, lr=0.01,
+                                     momentum=0.9, seed=seed, mesh=mesh)
   x_train, y_train = data.load_mnist_idx("train")
   rng = np.random.default_rng(seed)
   order = np.concatenate([rng.permutation(len(x_train))
@@ -247,12 +242,11 @@ def agreement_line(p_jax: float, p_torch: float, n: int) -> str:
           f"points, 2 sigma of the difference {200 * sigma:.2f} points")
 
 
-def main(argv):
-  del argv
-  training.quiet_library_logs()
+def run() -> None:
+  """Attacks one SmallCNN with both APGDs, interleaved; prints the table."""
   if FLAGS.omp_wait_policy:
     os.environ["OMP_WAIT_POLICY"] = FLAGS.omp_wait_policy
-  torch = torch_step.import_torch()
+  torch = common.import_torch()
   import_torchattacks()
   torch.set_num_threads(FLAGS.threads)
   torch.manual_seed(FLAGS.seed)
@@ -266,7 +260,7 @@ def main(argv):
                           FLAGS.train_k, FLAGS.seed, FLAGS.eps)
     source = (f"trained here: {FLAGS.train_method}, {FLAGS.train_steps} "
               f"steps of batch 128")
-  model = torch_step.torch_small_cnn(
+  model = common.torch_small_cnn(
       interop.export_torch_state_dict(net, "small_cnn"))
   model.eval()
 
@@ -274,24 +268,26 @@ def main(argv):
   n = min(FLAGS.num_examples, len(x_all))
   x_all, y_all = x_all[:n], y_all[:n]
   parts = chunks(n, FLAGS.batch)
-  xs_j = [jnp.asarray(x_all[s]) for s in parts]
-  ys_j = [jnp.asarray(y_all[s]) for s in parts]
-  xs_t, ys_t = zip(*[torch_step.to_torch(x_all[s], y_all[s]) for s in parts])
+  xs_jax = [jnp.asarray(x_all[part]) for part in parts]
+  ys_jax = [jnp.asarray(y_all[part]) for part in parts]
+  xs_torch, ys_torch = zip(*[common.to_torch(x_all[part], y_all[part])
+                             for part in parts])
 
   print(f"# bench/apgd_torchattacks.py: APGD-CE, {FLAGS.steps} iterations, "
         f"1 restart, l_inf eps {FLAGS.eps}, first {n} MNIST test images, "
         f"batch {FLAGS.batch}; model: {source}")
-  print(f"# {torch_step.machine_line(FLAGS.threads)}; OMP_WAIT_POLICY="
+  print(f"# {common.machine_line(FLAGS.threads)}; OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-  if torch_step.load_warning():
-    print(torch_step.load_warning())
+  warning = common.load_warning()
+  if warning:
+    print(warning)
   print(flush=True)
 
   attack = make_jax_attack(net.graphdef, FLAGS.eps, FLAGS.steps)
   key = jax.random.key(FLAGS.seed)
   compiled = {}
   start = time.perf_counter()
-  for x, y in zip(xs_j, ys_j):
+  for x, y in zip(xs_jax, ys_jax):
     if x.shape not in compiled:
       compiled[x.shape] = attack.lower(net.params, net.state, x, y,
                                        key).compile()
@@ -299,53 +295,60 @@ def main(argv):
 
   # Untimed warm-up of both (first-call costs of the executables and of
   # PyTorch's kernels): one short run on the first chunk.
-  jax.block_until_ready(compiled[xs_j[0].shape](net.params, net.state,
-                                                xs_j[0], ys_j[0], key))
-  run_torch(model, xs_t[:1], ys_t[:1], eps=FLAGS.eps, steps=2, seed=FLAGS.seed)
+  jax.block_until_ready(compiled[xs_jax[0].shape](net.params, net.state,
+                                                xs_jax[0], ys_jax[0], key))
+  run_torch(model, xs_torch[:1], ys_torch[:1], eps=FLAGS.eps, steps=2,
+            seed=FLAGS.seed)
 
   jax_s, torch_s = [], []
-  for r in range(FLAGS.repeats):
-    clean_j, robust_j, seconds = run_jax(compiled, net, xs_j, ys_j,
-                                         jax.random.fold_in(key, r))
+  for repeat in range(FLAGS.repeats):
+    clean_jax, robust_jax, seconds = run_jax(
+        compiled, net, xs_jax, ys_jax, jax.random.fold_in(key, repeat))
     jax_s.append(seconds)
-    clean_t, robust_t, seconds = run_torch(model, xs_t, ys_t, eps=FLAGS.eps,
-                                           steps=FLAGS.steps,
-                                           seed=FLAGS.seed + r)
+    clean_torch, robust_torch, seconds = run_torch(
+        model, xs_torch, ys_torch, eps=FLAGS.eps, steps=FLAGS.steps,
+        seed=FLAGS.seed + repeat)
     torch_s.append(seconds)
 
-  med_j, med_t = statistics.median(jax_s), statistics.median(torch_s)
-  print("| attack | clean acc | robust acc | s per run, median (min) | "
-        "images/s | compile s |")
-  print("|---|---|---|---|---|---|")
-  print(f"| lfr_jax.attacks.apgd (JAX) | {100 * clean_j.mean():.2f}% | "
-        f"{100 * robust_j.mean():.2f}% | {med_j:.2f} ({min(jax_s):.2f}) | "
-        f"{n / med_j:.1f} | {compile_s:.1f} |")
-  print(f"| torchattacks 3.5.1 APGD (PyTorch) | {100 * clean_t.mean():.2f}% | "
-        f"{100 * robust_t.mean():.2f}% | {med_t:.2f} ({min(torch_s):.2f}) | "
-        f"{n / med_t:.1f} | - |")
+  jax_median, torch_median = (statistics.median(jax_s),
+                              statistics.median(torch_s))
+  print(text.markdown_table(
+      ["attack", "clean acc", "robust acc", "s per run, median (min)",
+       "images/s", "compile s"],
+      [["lfr_jax.attacks.apgd (JAX)", f"{text.percent(clean_jax.mean())}%",
+        f"{text.percent(robust_jax.mean())}%",
+        common.median_and_min(jax_s, digits=2), f"{n / jax_median:.1f}",
+        f"{compile_s:.1f}"],
+       ["torchattacks 3.5.1 APGD (PyTorch)",
+        f"{text.percent(clean_torch.mean())}%",
+        f"{text.percent(robust_torch.mean())}%",
+        common.median_and_min(torch_s, digits=2), f"{n / torch_median:.1f}",
+        "-"]]))
   print()
-  ratio = med_t / med_j
+  ratio = torch_median / jax_median
   print(f"- speed-up torchattacks / ours {ratio:.2f}x (target >= 2x): "
         f"{'PASS' if ratio >= 2 else 'FAIL'}; with our compile counted once: "
-        f"{med_t / (med_j + compile_s):.2f}x")
-  print(f"- {agreement_line(robust_j.mean(), robust_t.mean(), n)}; the same "
-        f"verdict on {100 * (robust_j == robust_t).mean():.1f}% of the images "
-        f"(last run)")
-  if max(robust_j.mean(), robust_t.mean()) < 0.05:
+        f"{torch_median / (jax_median + compile_s):.2f}x")
+  print(f"- {agreement_line(robust_jax.mean(), robust_torch.mean(), n)}; the "
+        f"same verdict on {100 * (robust_jax == robust_torch).mean():.1f}% of "
+        f"the images (last run)")
+  if max(robust_jax.mean(), robust_torch.mean()) < 0.05:
     print("- both robust accuracies are near 0%, so their agreement says "
           "little: attack an adversarially trained run (--workdir=..., e.g. "
           "from python train.py --config=configs/mnist_at.py:quick "
           "--workdir=runs/mnist_at_quick) or lower --eps")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
-      json.dump({"machine": torch_step.machine_line(FLAGS.threads),
+      json.dump({"machine": common.machine_line(FLAGS.threads),
                  "model": source, "n": n, "jax_s": jax_s, "torch_s": torch_s,
                  "compile_s": compile_s,
-                 "clean": [float(clean_j.mean()), float(clean_t.mean())],
-                 "robust": [float(robust_j.mean()), float(robust_t.mean())]},
+                 "clean": [float(clean_jax.mean()), float(clean_torch.mean())],
+                 "robust": [float(robust_jax.mean()),
+                            float(robust_torch.mean())]},
                 f, indent=2)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.main(PROG, run, user_errors=(app.UsageError, data.DataError),
+           settings_hint="flags such as --num_examples=1000")

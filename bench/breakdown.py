@@ -20,10 +20,10 @@ SmallCNN weights and batch in both frameworks, each timing the median of
    PyTorch (oneDNN), the three operations every order of differentiation is
    made of.
 4. **The real steps** (``training.make_train_step`` and the PyTorch port of
-   ``bench/torch_step.py``), interleaved, at two K; the difference gives the
-   cost of one inner step inside the compiled loop and the K-independent
-   rest (outer double backprop, update), with the inner loop's achieved
-   GFLOP/s.
+   ``bench/common.py``, timed by ``common.compare``), interleaved, at two K;
+   the difference gives the cost of one inner step inside the compiled loop
+   and the K-independent rest (outer double backprop, update), with the
+   inner loop's achieved GFLOP/s.
 
 Run::
 
@@ -39,26 +39,24 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 
-import lfr_jax  # noqa: F401  (fast CPU flags before jax starts)
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from lfr_jax import losses
-from lfr_jax import models
-from lfr_jax import regularizers
-from lfr_jax import training
-from lfr_jax.models import conv as fast_conv
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_step  # noqa: E402  (weights, PyTorch model and steps)
+import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lfr_jax import cli  # noqa: E402
+from lfr_jax import losses  # noqa: E402
+from lfr_jax import models  # noqa: E402
+from lfr_jax import regularizers  # noqa: E402
+from lfr_jax import text  # noqa: E402
+from lfr_jax.models import conv as fast_conv  # noqa: E402
 
 FLAGS = flags.FLAGS
+PROG = "bench/breakdown.py"
 LAM = 0.02
 # (input channels, output channels, input side) of SmallCNN's 3x3 VALID convs.
 CONV_SHAPES = ((1, 32, 28), (32, 32, 26), (32, 64, 12), (64, 64, 10))
@@ -145,7 +143,7 @@ def jax_components(net: models.Network, x: jax.Array, y: jax.Array
 
 def torch_components(model, x, y) -> dict[str, Callable[[], Any]]:
   """PyTorch components (autograd, as the authors' code), by name."""
-  torch = torch_step.import_torch()
+  torch = common.import_torch()
   F = torch.nn.functional
 
   def forward():
@@ -172,7 +170,7 @@ def torch_components(model, x, y) -> dict[str, Callable[[], Any]]:
 
   def outer_lfr():
     model.zero_grad(set_to_none=True)
-    loss, _, _ = torch_step.torch_lfr_loss(model, x, x, y, LAM)
+    loss, _, _ = common.torch_lfr_loss(model, x, x, y, LAM)
     loss.backward()
 
   return {"forward": forward, "input gradient": lambda: input_grad()[1],
@@ -182,7 +180,7 @@ def torch_components(model, x, y) -> dict[str, Callable[[], Any]]:
 
 def gemm_rates(n: int, repeats: int) -> tuple[float, float]:
   """GFLOP/s of an n x n float32 matmul in XLA and in PyTorch."""
-  torch = torch_step.import_torch()
+  torch = common.import_torch()
   a = jnp.ones((n, n), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
   t_jax = median_seconds(lambda: matmul(a).block_until_ready(), repeats)
@@ -194,7 +192,7 @@ def gemm_rates(n: int, repeats: int) -> tuple[float, float]:
 
 def conv_rows(batch: int, repeats: int) -> list[tuple]:
   """(layer, op, JAX s, PyTorch s, GFLOP) per SmallCNN conv and operation."""
-  torch = torch_step.import_torch()
+  torch = common.import_torch()
   rng = np.random.default_rng(0)
   rows = []
   for i, (c_in, c_out, side) in enumerate(CONV_SHAPES):
@@ -204,22 +202,24 @@ def conv_rows(batch: int, repeats: int) -> list[tuple]:
     g = rng.normal(size=(batch, out_side, out_side, c_out)).astype(np.float32)
     conv = lambda a, b: fast_conv.fast_conv_general_dilated(  # noqa: E731
         a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    fwd = jax.jit(conv)
-    in_t = jax.jit(lambda gg, b: jax.vjp(lambda a: conv(a, b), x)[1](gg)[0])
-    w_t = jax.jit(lambda a, gg: jax.vjp(lambda b: conv(a, b), w)[1](gg)[0])
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
-    conv_t = torch.nn.functional.conv2d
+    forward = jax.jit(conv)
+    input_transpose = jax.jit(
+        lambda gg, b: jax.vjp(lambda a: conv(a, b), x)[1](gg)[0])
+    weight_transpose = jax.jit(
+        lambda a, gg: jax.vjp(lambda b: conv(a, b), w)[1](gg)[0])
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    w_torch = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+    g_torch = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+    torch_conv = torch.nn.functional.conv2d
     grad = torch.nn.grad
     gflop = 2.0 * batch * out_side ** 2 * c_out * c_in * 9 / 1e9
     cases = (
-        ("forward", lambda: fwd(x, w).block_until_ready(),
-         lambda: conv_t(xt, wt)),
-        ("input transpose", lambda: in_t(g, w).block_until_ready(),
-         lambda: grad.conv2d_input(xt.shape, wt, gt)),
-        ("weight transpose", lambda: w_t(x, g).block_until_ready(),
-         lambda: grad.conv2d_weight(xt, wt.shape, gt)),
+        ("forward", lambda: forward(x, w).block_until_ready(),
+         lambda: torch_conv(x_torch, w_torch)),
+        ("input transpose", lambda: input_transpose(g, w).block_until_ready(),
+         lambda: grad.conv2d_input(x_torch.shape, w_torch, g_torch)),
+        ("weight transpose", lambda: weight_transpose(x, g).block_until_ready(),
+         lambda: grad.conv2d_weight(x_torch, w_torch.shape, g_torch)),
     )
     for op, run_jax, run_torch in cases:
       rows.append((f"conv{i + 1} {c_in}->{c_out} @{side}x{side}", op,
@@ -228,95 +228,104 @@ def conv_rows(batch: int, repeats: int) -> list[tuple]:
   return rows
 
 
-def main(argv):
-  del argv
-  torch = torch_step.import_torch()
+def run() -> None:
+  """Prints the four sections: peak, components, convolutions, real steps."""
+  torch = common.import_torch()
   torch.set_num_threads(FLAGS.threads)
-  training.quiet_library_logs()
   batch, repeats = FLAGS.batch, FLAGS.repeats
   print(f"# bench/breakdown.py: SmallCNN, batch {batch}, median of {repeats}")
-  print(f"# {torch_step.machine_line(FLAGS.threads)}")
-  warning = torch_step.load_warning()
+  print(f"# {common.machine_line(FLAGS.threads)}")
+  warning = common.load_warning()
   if warning:
     print(warning)
 
   peak_jax, peak_torch = gemm_rates(FLAGS.gemm, repeats)
   peak = max(peak_jax, peak_torch)
-  print(f"\n## Peak: {FLAGS.gemm}^3 float32 matmul\n\n| framework | GFLOP/s |"
-        f"\n|---|---|\n| XLA | {peak_jax:.1f} |\n| PyTorch | {peak_torch:.1f} |")
+  print(f"\n## Peak: {FLAGS.gemm}^3 float32 matmul\n")
+  print(text.markdown_table(["framework", "GFLOP/s"],
+                            [["XLA", f"{peak_jax:.1f}"],
+                             ["PyTorch", f"{peak_torch:.1f}"]]))
 
-  net, state_dict = torch_step.small_cnn_weights(FLAGS.seed)
-  x_np, y_np = torch_step.random_batch(batch, FLAGS.seed)
+  net, state_dict = common.small_cnn_weights(FLAGS.seed)
+  x_np, y_np = common.random_batch(batch, FLAGS.seed)
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-  model = torch_step.torch_small_cnn(state_dict)
-  x_t, y_t = torch_step.to_torch(x_np, y_np)
+  model = common.torch_small_cnn(state_dict)
+  x_torch, y_torch = common.to_torch(x_np, y_np)
 
+  # Each table's rows print as they are measured (minutes in all), under
+  # the head that markdown_table gives for no rows.
   print("\n## Components (same weights and batch)\n")
   print("Standalone jitted calls (JAX) and eager autograd calls (PyTorch). "
         "GFLOP is XLA's count of the maths, used for both columns.\n")
-  print("| component | GFLOP | JAX s | JAX GFLOP/s (% of peak) | PyTorch s | "
-        "PyTorch GFLOP/s (% of peak) | PyTorch ÷ JAX time |")
-  print("|---|---|---|---|---|---|---|")
+  print(text.markdown_table(
+      ["component", "GFLOP", "JAX s", "JAX GFLOP/s (% of peak)", "PyTorch s",
+       "PyTorch GFLOP/s (% of peak)", "PyTorch ÷ JAX time"], []))
   flops = {}
-  t_comps = torch_components(model, x_t, y_t)
+  torch_calls = torch_components(model, x_torch, y_torch)
   for name, (fn, args) in jax_components(net, x, y).items():
-    flops_j = jax_flops(fn, *args)
-    t_j = median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
-    t_t = median_seconds(t_comps[name], repeats)
-    flops[name] = flops_j
-    print(f"| {name} | {flops_j / 1e9:.2f} | {t_j:.4f} | "
-          f"{flops_j / t_j / 1e9:.0f} ({100 * flops_j / t_j / 1e9 / peak:.0f}%)"
-          f" | {t_t:.4f} | {flops_j / t_t / 1e9:.0f} "
-          f"({100 * flops_j / t_t / 1e9 / peak:.0f}%) | {t_t / t_j:.2f}x |",
-          flush=True)
+    jax_flops_count = jax_flops(fn, *args)
+    jax_s = median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
+    torch_s = median_seconds(torch_calls[name], repeats)
+    flops[name] = jax_flops_count
+    print(text.markdown_row([
+        name, f"{jax_flops_count / 1e9:.2f}", f"{jax_s:.4f}",
+        f"{jax_flops_count / jax_s / 1e9:.0f} "
+        f"({100 * jax_flops_count / jax_s / 1e9 / peak:.0f}%)",
+        f"{torch_s:.4f}", f"{jax_flops_count / torch_s / 1e9:.0f} "
+        f"({100 * jax_flops_count / torch_s / 1e9 / peak:.0f}%)",
+        f"{torch_s / jax_s:.2f}x"]), flush=True)
 
-  print("\n## Per convolution (batch %d)\n" % batch)
-  print("| conv | operation | GFLOP | JAX ms | JAX GFLOP/s | PyTorch ms | "
-        "PyTorch GFLOP/s | PyTorch ÷ JAX time |")
-  print("|---|---|---|---|---|---|---|---|")
-  for layer, op, t_j, t_t, gflop in conv_rows(batch, repeats):
-    print(f"| {layer} | {op} | {gflop:.3f} | {1e3 * t_j:.2f} | "
-          f"{gflop / t_j:.0f} | {1e3 * t_t:.2f} | {gflop / t_t:.0f} | "
-          f"{t_t / t_j:.2f}x |", flush=True)
+  print(f"\n## Per convolution (batch {batch})\n")
+  print(text.markdown_table(
+      ["conv", "operation", "GFLOP", "JAX ms", "JAX GFLOP/s", "PyTorch ms",
+       "PyTorch GFLOP/s", "PyTorch ÷ JAX time"], []))
+  for layer, op, jax_s, torch_s, gflop in conv_rows(batch, repeats):
+    print(text.markdown_row([
+        layer, op, f"{gflop:.3f}", f"{1e3 * jax_s:.2f}", f"{gflop / jax_s:.0f}",
+        f"{1e3 * torch_s:.2f}", f"{gflop / torch_s:.0f}",
+        f"{torch_s / jax_s:.2f}x"]), flush=True)
 
   ks = sorted(int(v) for v in FLAGS.ks)
   print(f"\n## The real steps, interleaved (training.make_train_step vs the "
         f"PyTorch port; median of {repeats})\n")
-  print("| method | K | JAX s | PyTorch s | PyTorch ÷ JAX |")
-  print("|---|---|---|---|---|")
-  med = {}
+  print(text.markdown_table(["method", "K", "JAX s", "PyTorch s",
+                             "PyTorch ÷ JAX"], []))
+  medians = {}
   for k in ks:
     for method in ("pgd_at", "lfr"):
-      r = torch_step.compare(method, k, batch=batch, repeats=repeats,
-                             warmup=1, eps=0.3, step_size=0.01, lam=LAM,
-                             lr=0.01, momentum=0.9, seed=FLAGS.seed)
-      med[method, k] = (statistics.median(r["jax_s"]),
-                        statistics.median(r["torch_s"]))
-      j, t = med[method, k]
-      print(f"| {method} | {k} | {j:.3f} | {t:.3f} | {t / j:.2f}x |",
-            flush=True)
+      timings = common.compare(method, k, batch=batch, repeats=repeats,
+                               warmup=1, eps=0.3, step_size=0.01, lam=LAM,
+                               lr=0.01, momentum=0.9, seed=FLAGS.seed)
+      medians[method, k] = (statistics.median(timings["jax_s"]),
+                            statistics.median(timings["torch_s"]))
+      jax_s, torch_s = medians[method, k]
+      print(text.markdown_row([method, k, f"{jax_s:.3f}", f"{torch_s:.3f}",
+                               f"{torch_s / jax_s:.2f}x"]), flush=True)
   if len(ks) < 2:
     return
-  lo, hi = ks[0], ks[-1]
+  k_low, k_high = ks[0], ks[-1]
   flops_inner = {"pgd_at": flops["input gradient"],
                  "lfr": flops["H sign(g) (LFR inner)"]}
-  print(f"\n## Per inner step and the rest, from K = {lo} and K = {hi}\n")
+  print(f"\n## Per inner step and the rest, from K = {k_low} and "
+        f"K = {k_high}\n")
   print("t(K) = K x inner + rest. Useful GFLOP per inner step is XLA's count "
         "of the same maths (input gradient; H sign(g)), for both "
         "frameworks.\n")
-  print("| method | framework | inner s/step | inner GFLOP/s (% of peak) | "
-        f"rest s | inner share at K={hi} |")
-  print("|---|---|---|---|---|---|")
+  print(text.markdown_table(
+      ["method", "framework", "inner s/step", "inner GFLOP/s (% of peak)",
+       "rest s", f"inner share at K={k_high}"], []))
   for method in ("pgd_at", "lfr"):
-    for idx, fw in ((0, "JAX"), (1, "PyTorch")):
-      inner = (med[method, hi][idx] - med[method, lo][idx]) / (hi - lo)
-      rest = med[method, lo][idx] - lo * inner
+    for index, framework in ((0, "JAX"), (1, "PyTorch")):
+      high, low = medians[method, k_high][index], medians[method, k_low][index]
+      inner = (high - low) / (k_high - k_low)
+      rest = low - k_low * inner
       rate = flops_inner[method] / inner / 1e9
-      print(f"| {method} | {fw} | {inner:.4f} | {rate:.0f} "
-            f"({100 * rate / peak:.0f}%) | {rest:.3f} | "
-            f"{100 * hi * inner / med[method, hi][idx]:.0f}% |", flush=True)
+      print(text.markdown_row([
+          method, framework, f"{inner:.4f}",
+          f"{rate:.0f} ({100 * rate / peak:.0f}%)", f"{rest:.3f}",
+          f"{100 * k_high * inner / high:.0f}%"]), flush=True)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.main(PROG, run, settings_hint="flags such as --ks=10,40")

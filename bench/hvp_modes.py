@@ -33,25 +33,25 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 
-import lfr_jax  # noqa: F401  (fast CPU flags before jax starts)
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from jax import lax
-
-from lfr_jax import models
-from lfr_jax import regularizers
-from lfr_jax import training
-from lfr_jax.models import layers
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_step  # noqa: E402  (machine_line; torch is not imported)
+import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax import lax  # noqa: E402
+
+from lfr_jax import cli  # noqa: E402
+from lfr_jax import models  # noqa: E402
+from lfr_jax import regularizers  # noqa: E402
+from lfr_jax import text  # noqa: E402
+from lfr_jax.models import layers  # noqa: E402
 
 FLAGS = flags.FLAGS
+PROG = "bench/hvp_modes.py"
 REFERENCE = "rev-rev fast"
 TOLERANCE = 1e-5
 
@@ -142,14 +142,14 @@ def variants(graphdef: Any) -> dict[str, Callable]:
 
 
 def setup(batch: int, seed: int = 0):
-  """SmallCNN weights (``torch_step.small_cnn_weights``: fc3 non-zero) and a
+  """SmallCNN weights (``common.small_cnn_weights``: fc3 non-zero) and a
   batch of uniform images.
 
   Returns:
     (network, x, y).
   """
-  net, _ = torch_step.small_cnn_weights(seed)
-  x, y = torch_step.random_batch(batch, seed)
+  net, _ = common.small_cnn_weights(seed)
+  x, y = common.random_batch(batch, seed)
   return net, jnp.asarray(x), jnp.asarray(y)
 
 
@@ -159,8 +159,8 @@ def relative_difference(a: jax.Array, b: jax.Array) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def run(batch: int, repeats: int, rounds: int = 1, seed: int = 0
-        ) -> dict[str, dict[str, Any]]:
+def time_variants(batch: int, repeats: int, rounds: int = 1, seed: int = 0
+                  ) -> dict[str, dict[str, Any]]:
   """Compiles and times every variant.
 
   Args:
@@ -197,30 +197,31 @@ def run(batch: int, repeats: int, rounds: int = 1, seed: int = 0
   return out
 
 
-def main(argv):
-  del argv
-  training.quiet_library_logs()
+def run() -> None:
+  """Times the variants and prints the table and the verdicts."""
   print(f"# bench/hvp_modes.py: H sign(grad) of SmallCNN (eval mode), batch "
         f"{FLAGS.batch}, median of {FLAGS.repeats} jitted calls")
-  print(f"# {torch_step.machine_line()}")
-  if torch_step.load_warning(with_torch=False):
-    print(torch_step.load_warning(with_torch=False))
+  print(f"# {common.machine_line()}")
+  warning = common.load_warning(with_torch=False)
+  if warning:
+    print(warning)
   print()
-  results = run(FLAGS.batch, FLAGS.repeats, FLAGS.rounds, FLAGS.seed)
+  results = time_variants(FLAGS.batch, FLAGS.repeats, FLAGS.rounds,
+                          FLAGS.seed)
   medians = {n: statistics.median(r["times"]) for n, r in results.items()}
   hvps = [n for n in results if not n.startswith("grad")]
   fastest = min(hvps, key=medians.get)
-  print("| variant | s/call median (min) | × fastest | ÷ grad only | "
-        "max abs Δ / max abs v, vs rev-rev fast | compile s |")
-  print("|---|---|---|---|---|---|")
   grad_s = medians["grad only (fast, reference)"]
+  rows = []
   for name, r in results.items():
-    times = r["times"]
     ratio = (f"{medians[name] / medians[fastest]:.2f}" if name in hvps
              else "")
-    print(f"| {name} | {medians[name]:.4f} ({min(times):.4f}) | {ratio} | "
-          f"{medians[name] / grad_s:.2f} | {r['rel_diff']:.1e} | "
-          f"{r['compile_s']:.1f} |")
+    rows.append([name, common.median_and_min(r["times"], digits=4), ratio,
+                 f"{medians[name] / grad_s:.2f}", f"{r['rel_diff']:.1e}",
+                 f"{r['compile_s']:.1f}"])
+  print(text.markdown_table(
+      ["variant", "s/call median (min)", "× fastest", "÷ grad only",
+       "max abs Δ / max abs v, vs rev-rev fast", "compile s"], rows))
   print()
   others = ", ".join(f"{n} takes {medians[n] / medians[fastest]:.2f}x as long"
                      for n in hvps if n != fastest)
@@ -237,4 +238,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.main(PROG, run, settings_hint="flags such as --batch=128")

@@ -46,17 +46,19 @@ from typing import Any
 from absl import app
 from absl import flags
 
-import lfr_jax  # noqa: F401  (fast CPU flags before jax starts)
-import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from lfr_jax import training
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_step  # noqa: E402  (helpers; imports torch only when asked)
+import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
+
+import jax  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from lfr_jax import cli  # noqa: E402
+from lfr_jax import text  # noqa: E402
+from lfr_jax import training  # noqa: E402
 
 FLAGS = flags.FLAGS
+PROG = "bench/scaling.py"
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 MiB = 1024 * 1024
 
@@ -126,11 +128,12 @@ def reset_peak_rss() -> bool:
 
 
 def _setup(num_steps: int, batch: int, mesh, *, eps, step_size, lam):
-  net, _ = torch_step.small_cnn_weights(0)
-  step, state = torch_step.make_jax_step(
-      "lfr", net, num_steps, eps=eps, step_size=step_size, lam=lam, lr=0.01,
-      momentum=0.9, mesh=mesh)
-  x, y = torch_step.random_batch(batch)
+  """The LFR step, its state and a batch sharded over ``mesh``."""
+  net, _ = common.small_cnn_weights(0)
+  step, state = common.make_jax_step(
+      "lfr", net, common.objective_settings("lfr", num_steps, step_size, lam),
+      eps=eps, lr=0.01, momentum=0.9, mesh=mesh)
+  x, y = common.random_batch(batch)
   x, y = jax.device_put((x, y), NamedSharding(mesh, P("data")))
   return step, state, x, y
 
@@ -250,15 +253,16 @@ def _child_main(spec: dict[str, Any]) -> None:
   print(json.dumps(result), flush=True)
 
 
-def _row(r: dict[str, Any], base_s: float, base_units: float,
-         units: float) -> str:
-  med = statistics.median(r["times"])
-  return (f"| {r['k']} | {r['batch']} | {med:.3f} ({min(r['times']):.3f}) | "
-          f"{r['batch'] / med:.1f} | {med / base_s:.2f} | "
-          f"{(med / base_s) / (units / base_units):.2f} | "
-          f"{r['compile_peak_mib']:.0f} | {r['step_peak_mib']:.0f} | "
-          f"{r['step_peak_mib'] - r['rss_before_steps_mib']:.0f} | "
-          f"{r['xla_mib']:.1f} | {_device_peak(r)} | {r['compile_s']:.1f} |")
+def _sweep_cells(r: dict[str, Any], first_s: float, first_units: float,
+                 units: float) -> list[str]:
+  """A K or batch sweep's row; ``units`` is the swept value (K or batch)."""
+  median = statistics.median(r["times"])
+  return [r["k"], r["batch"], common.median_and_min(r["times"]),
+          f"{r['batch'] / median:.1f}", f"{median / first_s:.2f}",
+          f"{(median / first_s) / (units / first_units):.2f}",
+          f"{r['compile_peak_mib']:.0f}", f"{r['step_peak_mib']:.0f}",
+          f"{r['step_peak_mib'] - r['rss_before_steps_mib']:.0f}",
+          f"{r['xla_mib']:.1f}", _device_peak(r), f"{r['compile_s']:.1f}"]
 
 
 def _device_peak(r: dict[str, Any]) -> str:
@@ -266,84 +270,93 @@ def _device_peak(r: dict[str, Any]) -> str:
   return "n/a" if peak is None else f"{peak:.0f}"
 
 
-_HEADER = ("| K | batch | s/step median (min) | examples/s | × first row | "
-           "(× first row) ÷ ({what} ÷ first {what}) | compile peak RSS MiB | "
-           "step peak RSS MiB | step peak − RSS before steps MiB | "
-           "XLA buffers MiB | device peak MiB | compile s |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|---|")
+def _sweep_header(swept: str) -> list[str]:
+  """The K or batch sweep's column titles; ``swept`` is "K" or "batch"."""
+  return ["K", "batch", "s/step median (min)", "examples/s", "× first row",
+          f"(× first row) ÷ ({swept} ÷ first {swept})",
+          "compile peak RSS MiB", "step peak RSS MiB",
+          "step peak − RSS before steps MiB", "XLA buffers MiB",
+          "device peak MiB", "compile s"]
 
 
-def main(argv):
-  del argv
-  training.quiet_library_logs()
+def _print_sweep(title: str, swept: str, key: str,
+                 rows: list[dict[str, Any]]) -> None:
+  """Prints a K or batch sweep (``key``: the swept field of each row)."""
+  first_s = statistics.median(rows[0]["times"])
+  print(f"\n## {title}\n")
+  print(text.markdown_table(
+      _sweep_header(swept),
+      [_sweep_cells(r, first_s, rows[0][key], r[key]) for r in rows]))
+  kinds = {r["step_peak_kind"] for r in rows}
+  print(f"\nstep peak: {', '.join(sorted(kinds))}", flush=True)
+
+
+def run() -> None:
+  """Runs the sweeps of ``--sweeps`` (or, with ``--child``, one setting)."""
   if FLAGS.child:
     _child_main(json.loads(FLAGS.child))
     return
-  common = {"repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
-            "eps": FLAGS.eps, "step_size": FLAGS.step_size, "lam": FLAGS.lam}
+  child_settings = {"repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
+                    "eps": FLAGS.eps, "step_size": FLAGS.step_size,
+                    "lam": FLAGS.lam}
   print(f"# bench/scaling.py: JAX LFR step (training.make_train_step), "
         f"SmallCNN, median of {FLAGS.repeats} steps, one subprocess per row")
-  print(f"# {torch_step.machine_line()}")
-  if torch_step.load_warning(with_torch=False):
-    print(torch_step.load_warning(with_torch=False))
+  print(f"# {common.machine_line()}")
+  warning = common.load_warning(with_torch=False)
+  if warning:
+    print(warning)
   has_stats = jax.devices()[0].memory_stats() is not None
   print(f"# memory: jax.devices()[0].memory_stats() "
         f"{'gives the device peak' if has_stats else 'is None here (n/a)'}; "
         f"peak RSS = VmHWM of /proc/self/status (compile peak; step peak "
         f"after a clear_refs reset, else ru_maxrss), XLA buffers = "
         f"memory_analysis() temp + args + outputs", flush=True)
-  results: dict[str, Any] = {"machine": torch_step.machine_line()}
+  results: dict[str, Any] = {"machine": common.machine_line()}
   if "k" in FLAGS.sweeps:
     rows = [run_child({"kind": "single", "k": int(k),
-                       "batch": FLAGS.k_batch, **common})
+                       "batch": FLAGS.k_batch, **child_settings})
             for k in FLAGS.ks]
     results["k"] = rows
-    base = statistics.median(rows[0]["times"])
-    print(f"\n## K sweep (batch {FLAGS.k_batch})\n")
-    print(_HEADER.format(what="K"))
-    for r in rows:
-      print(_row(r, base, rows[0]["k"], r["k"]))
-    kinds = {r["step_peak_kind"] for r in rows}
-    print(f"\nstep peak: {', '.join(sorted(kinds))}", flush=True)
+    _print_sweep(f"K sweep (batch {FLAGS.k_batch})", "K", "k", rows)
   if "batch" in FLAGS.sweeps:
     rows = [run_child({"kind": "single", "k": FLAGS.batch_k, "batch": int(b),
-                       **common})
+                       **child_settings})
             for b in FLAGS.batches]
     results["batch"] = rows
-    base = statistics.median(rows[0]["times"])
-    print(f"\n## Batch sweep (K = {FLAGS.batch_k})\n")
-    print(_HEADER.format(what="batch"))
-    for r in rows:
-      print(_row(r, base, rows[0]["batch"], r["batch"]))
-    kinds = {r["step_peak_kind"] for r in rows}
-    print(f"\nstep peak: {', '.join(sorted(kinds))}", flush=True)
+    _print_sweep(f"Batch sweep (K = {FLAGS.batch_k})", "batch", "batch",
+                 rows)
   if "sharded" in FLAGS.sweeps:
     if FLAGS.sharded_batch % FLAGS.devices:
       raise app.UsageError(f"--sharded_batch {FLAGS.sharded_batch} does not "
                            f"divide by --devices {FLAGS.devices}.")
-    r = run_child({"kind": "sharded", "k": FLAGS.sharded_k,
-                   "batch": FLAGS.sharded_batch, **common},
-                  devices=FLAGS.devices)
-    results["sharded"] = r
-    t_n, t_1 = statistics.median(r["times_n"]), statistics.median(r["times_1"])
+    sharded = run_child({"kind": "sharded", "k": FLAGS.sharded_k,
+                         "batch": FLAGS.sharded_batch, **child_settings},
+                        devices=FLAGS.devices)
+    results["sharded"] = sharded
+    median_n = statistics.median(sharded["times_n"])
+    median_1 = statistics.median(sharded["times_1"])
     print(f"\n## Sharded (K = {FLAGS.sharded_k}, global batch "
-          f"{FLAGS.sharded_batch}, {r['devices']} simulated CPU devices; "
-          f"XLA_FLAGS='{r['xla_flags']}')\n")
-    print("| mesh | per-device batch | s/step median (min) | examples/s | "
-          "compile s | first-step loss |")
-    print("|---|---|---|---|---|---|")
-    for tag, devs in (("1", 1), ("n", r["devices"])):
-      times = r[f"times_{tag}"]
-      med = statistics.median(times)
-      print(f"| {devs} device{'s' if devs > 1 else ''} | "
-            f"{FLAGS.sharded_batch // devs} | {med:.3f} ({min(times):.3f}) | "
-            f"{FLAGS.sharded_batch / med:.1f} | {r[f'compile_{tag}_s']:.1f} | "
-            f"{r[f'loss_{tag}']:.6f} |")
-    diff = abs(r["loss_n"] - r["loss_1"]) / max(abs(r["loss_1"]), 1e-12)
-    print(f"\noverhead ratio t({r['devices']} devices) / t(1 device) = "
-          f"{t_n / t_1:.2f} (simulated devices share the same cores, so "
-          f"this measures partitioning overhead, not a speed-up); "
-          f"first-step losses differ by {diff:.1e} (relative)", flush=True)
+          f"{FLAGS.sharded_batch}, {sharded['devices']} simulated CPU devices; "
+          f"XLA_FLAGS='{sharded['xla_flags']}')\n")
+    rows = []
+    for tag, devices in (("1", 1), ("n", sharded["devices"])):
+      times = sharded[f"times_{tag}"]
+      rows.append([f"{devices} device{'s' if devices > 1 else ''}",
+                   FLAGS.sharded_batch // devices,
+                   common.median_and_min(times),
+                   f"{FLAGS.sharded_batch / statistics.median(times):.1f}",
+                   f"{sharded[f'compile_{tag}_s']:.1f}",
+                   f"{sharded[f'loss_{tag}']:.6f}"])
+    print(text.markdown_table(
+        ["mesh", "per-device batch", "s/step median (min)", "examples/s",
+         "compile s", "first-step loss"], rows))
+    difference = (abs(sharded["loss_n"] - sharded["loss_1"])
+                  / max(abs(sharded["loss_1"]), 1e-12))
+    print(f"\noverhead ratio t({sharded['devices']} devices) / t(1 device) = "
+          f"{median_n / median_1:.2f} (simulated devices share the same "
+          f"cores, so this measures partitioning overhead, not a speed-up); "
+          f"first-step losses differ by {difference:.1e} (relative)",
+          flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(results, f, indent=2)
@@ -351,4 +364,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.main(PROG, run, user_errors=(app.UsageError,),
+           settings_hint="flags such as --sweeps=k")

@@ -14,23 +14,27 @@ Run::
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
+import sys
 import time
 
-from absl import app
 from absl import flags
 
-import lfr_jax  # noqa: F401  (fast CPU flags before jax starts)
-import jax
-import jax.numpy as jnp
-import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
 
-from lfr_jax import models
-from lfr_jax import objectives
-from lfr_jax import training
+import jax  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from lfr_jax import cli  # noqa: E402
+from lfr_jax import models  # noqa: E402
+from lfr_jax import text  # noqa: E402
+from lfr_jax import training  # noqa: E402
+
+PROG = "bench/step.py"
 
 _METHODS = flags.DEFINE_list(
     "methods", ["standard", "pgd_at", "trades", "llr", "lfr", "gradient_norm",
@@ -61,15 +65,12 @@ def time_step(method: str, num_steps: int) -> tuple[float, float]:
     of the timed steps).
   """
   net = models.create("small_cnn", jax.random.key(0))
-  tx = optax.sgd(0.01, momentum=0.9)
-  eps = jnp.asarray(_EPS.value, jnp.float32)
   mesh = training.make_mesh(1)
-  step = training.make_train_step(
-      objectives.build(method, **inner_settings(method, num_steps)),
-      net.graphdef, tx, lambda s: 0.01, lambda s: eps, mesh)
-  # Placed as training places them, so the first call is the only compile.
-  state = jax.device_put(training.create_train_state(net, tx, jax.random.key(1)),
-                         NamedSharding(mesh, P()))
+  # The state comes placed as training places it, so the first call is the
+  # only compile.
+  step, state = common.make_jax_step(
+      method, net, inner_settings(method, num_steps), eps=_EPS.value, lr=0.01,
+      momentum=0.9, mesh=mesh)
   key = jax.random.key(2)
   x, y = jax.device_put(
       (jax.random.uniform(key, (_BATCH.value, 28, 28, 1)),
@@ -88,29 +89,31 @@ def time_step(method: str, num_steps: int) -> tuple[float, float]:
   return compile_s, statistics.median(times)
 
 
-def main(argv):
-  del argv
+def run() -> None:
+  """Times every (K, method) of the flags; prints the rows as they come."""
   ks = [int(k) for k in _KS.value]
   print(f"# bench/step.py: batch {_BATCH.value}, SmallCNN, median of "
-        f"{_REPEATS.value} steps; {platform.processor() or platform.machine()}, "
-        f"{jax.device_count()}x {jax.devices()[0].device_kind}, jax {jax.__version__}")
-  print("| method | K | s/step | examples/s | × PGD-AT step | compile s |")
-  print("|---|---|---|---|---|---|")
-  results = {}
+        f"{_REPEATS.value} steps; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{jax.device_count()}x {jax.devices()[0].device_kind}, "
+        f"jax {jax.__version__}")
+  print(text.markdown_table(["method", "K", "s/step", "examples/s",
+                             "× PGD-AT step", "compile s"], []))
+  seconds_per_step = {}
   for k in ks:
     for method in _METHODS.value:
       if method in _NO_INNER_LOOP and k != ks[0]:
         continue
       compile_s, seconds = time_step(method, k)
-      results[(method, k)] = seconds
+      seconds_per_step[method, k] = seconds
       ratio = ""
-      if ("pgd_at", k) in results and method != "pgd_at":
-        ratio = f"{seconds / results[('pgd_at', k)]:.2f}"
+      if ("pgd_at", k) in seconds_per_step and method != "pgd_at":
+        ratio = f"{seconds / seconds_per_step['pgd_at', k]:.2f}"
       k_label = "-" if method in _NO_INNER_LOOP else str(k)
-      print(f"| {method} | {k_label} | {seconds:.3f} | "
-            f"{_BATCH.value / seconds:.1f} | {ratio} | {compile_s:.1f} |",
-            flush=True)
+      print(text.markdown_row([method, k_label, f"{seconds:.3f}",
+                               f"{_BATCH.value / seconds:.1f}", ratio,
+                               f"{compile_s:.1f}"]), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(PROG, run, settings_hint="flags such as --ks=10")

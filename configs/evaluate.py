@@ -1,4 +1,4 @@
-"""Settings of the robustness evaluation (evaluate.py, sweep.py).
+"""Settings of the robustness evaluation (evaluate.py, tools/sweep.py).
 
 Run (full test set, the LFR paper's attacks; ``:quick`` for 1,000 examples,
 ``:smoke`` for tests only)::

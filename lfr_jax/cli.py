@@ -1,4 +1,4 @@
-"""One-line user errors for the command-line entry points (train, evaluate, sweep).
+"""One-line user errors for the command-line programs (train, evaluate, tools, bench).
 
 absl and ml_collections report a misspelled ``--config`` override as a long
 traceback whose last line (``Did you mean "lr" instead of "lrr"?``) is the
@@ -173,18 +173,25 @@ def resolve_preset(argv: list[str], flag: str = "config") -> list[str]:
   return out
 
 
-def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any],
-         user_errors: tuple[type[BaseException], ...],
-         settings_hint: str = "--config.<field>=value") -> None:
+def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any] = (),
+         user_errors: tuple[type[BaseException], ...] = (),
+         settings_hint: str = "--config.<field>=value",
+         quiet_logs: bool = True) -> None:
   """Runs an entry point: flags parsed, configs loaded, user errors one line.
 
   Args:
-    prog: program name for messages (e.g. "train.py").
-    run: called with the loaded configs, in the order of ``config_flags``.
-    config_flags: flag holders of ml_collections config files.
+    prog: program name for messages (e.g. "train.py", "tools/sweep.py").
+    run: called with the loaded configs, in the order of ``config_flags``
+      (with no arguments when there are none).
+    config_flags: flag holders of ml_collections config files; empty for a
+      program whose settings are plain flags.
     user_errors: exceptions that are the user's to fix: reported as
       ``prog: error: <one line>`` with exit status 2, no traceback.
     settings_hint: where settings go, for stray positional arguments.
+    quiet_logs: hide orbax's INFO lines before ``run``. It imports
+      ``lfr_jax.training`` (and so jax): False for a program that only
+      starts others as subprocesses and should start in a fraction of a
+      second.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
@@ -199,8 +206,9 @@ def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any],
     except Exception as e:  # pylint: disable=broad-except
       # config_flags defers a config file that failed to load to this access.
       fail(prog, f"--config: {one_line(e)}")
-    from lfr_jax import training  # pylint: disable=g-import-not-at-top
-    training.quiet_library_logs()
+    if quiet_logs:
+      from lfr_jax import training  # pylint: disable=g-import-not-at-top
+      training.quiet_library_logs()
     try:
       run(*configs)
     except user_errors as e:

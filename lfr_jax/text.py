@@ -7,6 +7,7 @@ Example::
     # 'eps must be >= 0, got -1.'
     text.percent(0.1234)                     # '12.34'
     print(text.markdown_table(["row", "acc"], [["lfr", "12.34"]]))
+    text.markdown_row(["lfr", "12.34"])      # '| lfr | 12.34 |'
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ def percent(value, *, digits: int = 2, missing: str = "n/a") -> str:
   return f"{100 * float(value):.{digits}f}"
 
 
+def markdown_row(cells: Sequence) -> str:
+  """One line of a Markdown table: ``["a", 1] -> "| a | 1 |"``.
+
+  For tables printed a row at a time, as each row is measured, under the
+  head that ``markdown_table(header, [])`` gives.
+
+  Args:
+    cells: the row's cells; each is written with ``str``.
+
+  Returns:
+    The line, no trailing newline.
+  """
+  return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
                    left_columns: int | None = None) -> str:
   """A GitHub-flavoured Markdown table.
@@ -86,6 +102,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
   """
   left = len(header) if left_columns is None else left_columns
   rule = ["---"] * left + ["---:"] * (len(header) - left)
-  out = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
-  out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  out = [markdown_row(header), "|" + "|".join(rule) + "|"]
+  out += [markdown_row(row) for row in rows]
   return "\n".join(out)

@@ -1,6 +1,6 @@
 """The benchmarks in bench/: the PyTorch peer is faithful, the HVP modes agree, the scripts run.
 
-- The PyTorch LFR step of ``bench/torch_step.py`` computes what
+- The PyTorch LFR step of ``bench/common.py`` computes what
   ``objectives.build("lfr")`` computes on the same weights: the regularizer
   at a fixed x_adv, the whole loss and its double-backprop parameter
   gradient, and the inner sign-ascent from the same start. Its PGD-AT inner
@@ -35,9 +35,9 @@ BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 
 import breakdown  # noqa: E402
+import common  # noqa: E402
 import hvp_modes  # noqa: E402
 import scaling  # noqa: E402
-import torch_step  # noqa: E402
 
 
 def _importable(name: str) -> bool:
@@ -112,10 +112,10 @@ def _pair(batch=8, dropout=0.0):
   torch = pytest.importorskip("torch")
   # One thread: tiny ops, and spinning OpenMP threads crawl on busy cores.
   torch.set_num_threads(1)
-  net, state_dict = torch_step.small_cnn_weights(0, dropout=dropout)
-  model = torch_step.torch_small_cnn(state_dict, dropout=dropout)
-  x, y = torch_step.random_batch(batch)
-  x_t, y_t = torch_step.to_torch(x, y)
+  net, state_dict = common.small_cnn_weights(0, dropout=dropout)
+  model = common.torch_small_cnn(state_dict, dropout=dropout)
+  x, y = common.random_batch(batch)
+  x_t, y_t = common.to_torch(x, y)
   return torch, net, model, x, y, x_t, y_t
 
 
@@ -127,8 +127,8 @@ def test_regularizer_matches_torch_at_fixed_x_adv():
       net.replace(params=params).logits_fn(), x, y).mean())(
           net.params, x_adv, y)
   model.eval()  # dropout off, as in our eval-mode logits_fn
-  theirs = torch_step.torch_lfr_regularizer(
-      model, torch_step.to_torch(x_adv, y)[0], y_t).item()
+  theirs = common.torch_lfr_regularizer(
+      model, common.to_torch(x_adv, y)[0], y_t).item()
   assert theirs > 0.1  # fc3 non-zero: the gradients are not degenerate
   np.testing.assert_allclose(float(ours), theirs, rtol=1e-4)
 
@@ -144,7 +144,7 @@ def test_lfr_loss_and_double_backprop_gradient_match_torch():
 
   (loss, (metrics, _)), grads = jax.jit(
       jax.value_and_grad(loss_fn, has_aux=True))(net.params)
-  loss_t, _, reg_t = torch_step.torch_lfr_loss(model, x_t, x_t, y_t, 0.5)
+  loss_t, _, reg_t = common.torch_lfr_loss(model, x_t, x_t, y_t, 0.5)
   loss_t.backward()
   np.testing.assert_allclose(float(metrics["reg"]), reg_t.item(), rtol=1e-4)
   np.testing.assert_allclose(float(loss), loss_t.item(), rtol=1e-4)
@@ -161,9 +161,9 @@ def test_lfr_inner_ascent_matches_torch_from_the_same_start():
   ours = jax.jit(lambda params, x, y: regularizers.flatness_ascent(
       net.replace(params=params).logits_fn(), x, y, jax.random.key(0),
       eps=0.3, step_size=0.01, num_steps=3, init_std=0.0))(net.params, x, y)
-  theirs = torch_step.torch_lfr_inner(model, x_t, y_t, eps=0.3,
-                                      step_size=0.01, num_steps=3,
-                                      init_std=0.0)
+  theirs = common.torch_lfr_inner(model, x_t, y_t, eps=0.3,
+                                  step_size=0.01, num_steps=3,
+                                  init_std=0.0)
   theirs = theirs.permute(0, 2, 3, 1).numpy()
   # A sign step can flip where H sign(g) is ~0; over 3 steps almost none do.
   same = np.abs(np.asarray(ours) - theirs) <= 1e-6
@@ -175,8 +175,8 @@ def test_lfr_inner_ascent_matches_torch_from_the_same_start():
 def test_torch_inner_points_stay_in_the_ball(inner):
   torch, _, model, x, _, x_t, y_t = _pair()
   torch.manual_seed(0)
-  fn = (torch_step.torch_pgd_inner if inner == "pgd"
-        else torch_step.torch_lfr_inner)
+  fn = (common.torch_pgd_inner if inner == "pgd"
+        else common.torch_lfr_inner)
   x_adv = fn(model, x_t, y_t, eps=0.1, step_size=0.05, num_steps=4)
   assert float((x_adv - x_t).abs().max()) <= 0.1 + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
@@ -185,7 +185,7 @@ def test_torch_inner_points_stay_in_the_ball(inner):
 
 def test_torch_steps_update_the_weights():
   torch, _, model, _, _, x_t, y_t = _pair(batch=4, dropout=0.5)
-  for method, step in torch_step.TORCH_STEPS.items():
+  for method, step in common.TORCH_STEPS.items():
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss = step(model, optimizer, x_t, y_t, eps=0.3, step_size=0.01,

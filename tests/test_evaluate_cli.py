@@ -1,4 +1,4 @@
-"""evaluate.py and sweep.py end to end: outputs, and one-line user errors."""
+"""evaluate.py and tools/sweep.py end to end: outputs, and one-line user errors."""
 
 import glob
 import json
@@ -116,7 +116,7 @@ def test_bad_input_is_one_line(case, smoke_run, tmp_path):
 
 
 def test_sweep_rejects_bad_lambdas(tmp_path):
-  proc = run_script("sweep.py", "--config=configs/mnist_lfr.py:smoke",
+  proc = run_script("tools/sweep.py", "--config=configs/mnist_lfr.py:smoke",
                     "--lams=0,-0.1", f"--workdir={tmp_path}/sweep",
                     timeout=120)
   assert proc.returncode == 2
@@ -158,7 +158,7 @@ def test_sweep_trains_evaluates_and_plots(tmp_path):
   root = tmp_path / "sweep"
   args = ["--config=configs/mnist_lfr.py:smoke", "--lams=0,0.02",
           f"--workdir={root}", "--eval_config=configs/evaluate.py:smoke"]
-  proc = run_script("sweep.py", *args)
+  proc = run_script("tools/sweep.py", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("sweep.json", "sweep.md", "sweep.png", "lam_0", "lam_0.02",
                "eval/robustness.json"):
@@ -171,7 +171,7 @@ def test_sweep_trains_evaluates_and_plots(tmp_path):
     assert run["status"] == "done"
     assert 0.0 <= run["accuracy"]["pgd"] <= run["accuracy"]["clean"] <= 1.0
   # Rerunning resumes: the runs are complete, nothing is retrained.
-  again = run_script("sweep.py", *args)
+  again = run_script("tools/sweep.py", *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "step 8" in again.stdout
 

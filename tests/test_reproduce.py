@@ -1,4 +1,4 @@
-"""reproduce.py: the commands it runs and the RESULTS.md it writes from results files."""
+"""tools/reproduce.py: the commands it runs and the RESULTS.md it writes from results files."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import reproduce  # noqa: E402
+from tools import reproduce  # noqa: E402
 
 
 def _fake_eval(metrics, checks=()):
@@ -151,7 +151,7 @@ def test_training_curves_skip_a_killed_runs_partial_line(tmp_path, capsys):
 
 def test_dry_run_prints_every_command(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "reproduce.py", f"--workdir={tmp_path}", "--dry_run",
+      [sys.executable, "tools/reproduce.py", f"--workdir={tmp_path}", "--dry_run",
        "--stages=train,eval,sweep"], cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, LFR_DATA_DIR=str(tmp_path)), timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -160,9 +160,23 @@ def test_dry_run_prints_every_command(tmp_path):
   assert not os.listdir(tmp_path)                   # nothing written
 
 
+def test_train_eval_and_sweep_stages_need_no_data_dir(tmp_path):
+  """Without $LFR_DATA_DIR the runs read the repository's data/mnist/."""
+  env = {k: v for k, v in os.environ.items() if k != "LFR_DATA_DIR"}
+  proc = subprocess.run(
+      [sys.executable, "tools/reproduce.py", f"--workdir={tmp_path}",
+       "--dry_run", "--stages=train,eval,sweep", "--rows=lfr_s0"], cwd=REPO,
+      capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  commands = [l for l in proc.stdout.splitlines() if l.startswith("$ ")]
+  assert commands[0].startswith("$ python train.py --config=configs/mnist_lfr")
+  assert commands[-1].startswith("$ python tools/sweep.py ")
+  assert "LFR_DATA_DIR" not in proc.stderr
+
+
 def test_unknown_row_is_one_line_error(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "reproduce.py", "--rows=lfr_s9", "--stages=report"],
+      [sys.executable, "tools/reproduce.py", "--rows=lfr_s9", "--stages=report"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "unknown rows ['lfr_s9']" in proc.stderr

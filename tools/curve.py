@@ -20,8 +20,8 @@ stage list over runs under ``--workdir`` (default ``runs/curve``):
 
 ``bench`` times one training step of every row's config, interleaved in one
 process, for the compute axis; ``collect`` copies the small results into
-``docs/results/curve/``, from which ``reproduce.py --stages=report`` writes
-the sections of ``docs/RESULTS.md``. Every stage skips what is done and
+``docs/results/curve/``, from which ``tools/reproduce.py --stages=report``
+writes the sections of ``docs/RESULTS.md``. Every stage skips what is done and
 training resumes from its checkpoints::
 
     python tools/curve.py --workdir=runs/curve --authors_checkpoint=model_best.pth.tar
@@ -120,7 +120,8 @@ def shown(command: list[str]) -> str:
   return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
 
 
-def run(command: list[str], log_path: str, dry_run: bool = False) -> float:
+def run_logged(command: list[str], log_path: str,
+               dry_run: bool = False) -> float:
   """Runs ``command`` from the repository root; returns its seconds.
 
   Raises:
@@ -156,8 +157,8 @@ def stage_train(root: str, rows, dry_run: bool) -> None:
   for row in rows:
     summary = os.path.join(root, row.name, "summary.json")
     if not (os.path.isfile(summary) and _load(summary).get("completed")):
-      run(train_command(row, root), os.path.join(root, f"{row.name}.log"),
-          dry_run)
+      run_logged(train_command(row, root),
+                 os.path.join(root, f"{row.name}.log"), dry_run)
 
 
 def stage_eval(root: str, rows, dry_run: bool) -> None:
@@ -167,7 +168,7 @@ def stage_eval(root: str, rows, dry_run: bool) -> None:
       if os.path.isfile(os.path.join(out, "robustness.json")):
         continue
       command = eval_command(row, root, epoch)
-      seconds = run(command, out + ".log", dry_run)
+      seconds = run_logged(command, out + ".log", dry_run)
       if not dry_run:
         _write_command(out, command, seconds)
 
@@ -178,7 +179,7 @@ def stage_authors_model(root: str, checkpoint: str, dry_run: bool) -> None:
   if os.path.isfile(os.path.join(out, "robustness.json")):
     return
   command = authors_model_command(root, checkpoint)
-  seconds = run(command, out + ".log", dry_run)
+  seconds = run_logged(command, out + ".log", dry_run)
   if not dry_run:
     _write_command(out, command, seconds)
 
@@ -189,7 +190,8 @@ def stage_authors_settings(root: str, epochs: int, dry_run: bool) -> None:
   if os.path.isfile(summary) and _load(summary).get("epochs", 0) >= epochs:
     return
   command = authors_settings_command(root, epochs)
-  run(command, os.path.join(root, f"{AUTHORS_SETTINGS}.log"), dry_run)
+  run_logged(command, os.path.join(root, f"{AUTHORS_SETTINGS}.log"),
+             dry_run)
 
 
 def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
@@ -203,7 +205,10 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lfr_jax import config_check, models, objectives, training  # pylint: disable=g-import-not-at-top
+  from lfr_jax import config_check  # pylint: disable=g-import-not-at-top
+  from lfr_jax import models  # pylint: disable=g-import-not-at-top
+  from lfr_jax import objectives  # pylint: disable=g-import-not-at-top
+  from lfr_jax import training  # pylint: disable=g-import-not-at-top
   mesh = training.make_mesh(1)
   steps = {}
   for row in rows:
@@ -236,8 +241,9 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
       entry[1] = state
-  return {name: {"median_s": statistics.median(e[3]), "min_s": min(e[3]),
-                 "steps_timed": len(e[3])} for name, e in steps.items()}
+  return {name: {"median_s": statistics.median(times), "min_s": min(times),
+                 "steps_timed": len(times)}
+          for name, (_, _, _, times) in steps.items()}
 
 
 def stage_bench(root: str, rows, dry_run: bool) -> None:
@@ -303,41 +309,44 @@ def stage_collect(root: str, results_dir: str = RESULTS_DIR) -> None:
   curve_report.write_figure(results_dir)
 
 
-def main(argv) -> None:
-  del argv
+def run() -> None:
+  """Runs the stages of ``--stages`` on the rows of ``--rows``."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from lfr_jax import cli  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  unknown = sorted(set(f.stages) - set(STAGES))
+  settings = flags.FLAGS
+  unknown = sorted(set(settings.stages) - set(STAGES))
   if unknown:
     cli.fail(PROG, f"unknown stages {unknown}; valid: {', '.join(STAGES)}.")
-  unknown = sorted(set(f.rows) - set(ROW_NAMES))
+  unknown = sorted(set(settings.rows) - set(ROW_NAMES))
   if unknown:
     cli.fail(PROG, f"unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.")
-  if f.authors_checkpoint and not os.path.isfile(f.authors_checkpoint):
-    cli.fail(PROG, f"--authors_checkpoint {f.authors_checkpoint} does not "
-             f"exist.")
-  if f.authors_epochs < 1:
-    cli.fail(PROG, f"--authors_epochs must be >= 1, got {f.authors_epochs}.")
-  root = os.path.abspath(f.workdir)
-  rows = [r for r in ROWS if r.name in f.rows]
-  if "train" in f.stages:
-    stage_train(root, rows, f.dry_run)
-  if "eval" in f.stages:
-    stage_eval(root, rows, f.dry_run)
-  if "authors_model" in f.stages and f.authors_checkpoint:
-    stage_authors_model(root, os.path.abspath(f.authors_checkpoint), f.dry_run)
-  if "authors_settings" in f.stages:
-    stage_authors_settings(root, f.authors_epochs, f.dry_run)
-  if "bench" in f.stages:
-    stage_bench(root, rows, f.dry_run)
-  if "collect" in f.stages and not f.dry_run:
+  checkpoint = settings.authors_checkpoint
+  if checkpoint and not os.path.isfile(checkpoint):
+    cli.fail(PROG, f"--authors_checkpoint {checkpoint} does not exist.")
+  if settings.authors_epochs < 1:
+    cli.fail(PROG, f"--authors_epochs must be >= 1, got "
+             f"{settings.authors_epochs}.")
+  root = os.path.abspath(settings.workdir)
+  rows = [r for r in ROWS if r.name in settings.rows]
+  dry_run = settings.dry_run
+  if "train" in settings.stages:
+    stage_train(root, rows, dry_run)
+  if "eval" in settings.stages:
+    stage_eval(root, rows, dry_run)
+  if "authors_model" in settings.stages and checkpoint:
+    stage_authors_model(root, os.path.abspath(checkpoint), dry_run)
+  if "authors_settings" in settings.stages:
+    stage_authors_settings(root, settings.authors_epochs, dry_run)
+  if "bench" in settings.stages:
+    stage_bench(root, rows, dry_run)
+  if "collect" in settings.stages and not dry_run:
     stage_collect(root)
     print(f"collected into {os.path.relpath(RESULTS_DIR, REPO)}; now run "
-          f"python reproduce.py --stages=report")
+          f"python tools/reproduce.py --stages=report")
 
 
 def define_flags() -> None:
+  """Defines the flags (only when run as a script, so tests can import)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", "runs/curve", "Root of the runs.")
   flags.DEFINE_list("stages", list(STAGES), f"Stages, from {STAGES}.")
@@ -352,6 +361,8 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from lfr_jax import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  # Only the bench stage uses jax in this process, and it keeps its logs.
+  cli.main(PROG, run, settings_hint="flags such as --stages=collect",
+           quiet_logs=False)

@@ -4,7 +4,8 @@ Reads only the small files ``tools/curve.py --stages=collect`` copies (so the
 report can be rebuilt on any machine without the runs) and returns Markdown:
 the LFR authors' published model beside the paper's row, the per-epoch log of
 LFR at the authors' settings, and robust accuracy against training compute
-with its figure. ``reproduce.py --stages=report`` calls :func:`sections`.
+with its figure. ``tools/reproduce.py --stages=report`` calls
+:func:`sections`.
 
 Example::
 
@@ -18,6 +19,7 @@ import json
 import math
 import os
 
+from lfr_jax import text
 from tools import curve
 
 FIGURE = "compute_curve.png"
@@ -32,7 +34,8 @@ def _load(path: str):
     return json.load(f)
 
 
-def _maybe(path: str):
+def _load_if_present(path: str):
+  """The JSON file at ``path``, or None when there is none."""
   return _load(path) if os.path.isfile(path) else None
 
 
@@ -61,8 +64,9 @@ def halfwidth(p: float, n: int) -> float:
 def metrics(report: dict) -> dict[str, float]:
   """Accuracies in % of a robustness.json's first row, plus "n"."""
   row = report["rows"][0]
-  m = row["metrics"]
-  out = {k: 100 * m[k] for k, _ in COLUMNS if isinstance(m.get(k), (int, float))}
+  fractions = row["metrics"]
+  out = {k: 100 * fractions[k] for k, _ in COLUMNS
+         if isinstance(fractions.get(k), (int, float))}
   out["n"] = row["examples"]
   return out
 
@@ -87,24 +91,28 @@ def training_hours(records: list[dict], batch: int, upto_step: int) -> float:
 
 def curve_points(results_dir: str) -> dict[str, list[dict]]:
   """Row name -> one point per evaluated epoch (metrics, epochs, hours)."""
-  bench = _maybe(os.path.join(results_dir, "step_seconds.json")) or {}
+  bench = _load_if_present(os.path.join(results_dir, "step_seconds.json")) or {}
   out = {}
   for row in curve.ROWS:
     folder = os.path.join(results_dir, row.name)
-    config = _maybe(os.path.join(folder, "config.json"))
+    config = _load_if_present(os.path.join(folder, "config.json"))
     records = jsonl(os.path.join(folder, "metrics.jsonl"))
-    spe = next((int(round(r["step"] / r["epoch"])) for r in records
-                if r.get("split") == "train_epoch" and r["epoch"]), None)
+    steps_per_epoch = next((int(round(r["step"] / r["epoch"]))
+                            for r in records
+                            if r.get("split") == "train_epoch" and r["epoch"]),
+                           None)
     points = []
     for epoch in curve.EPOCHS:
-      report = _maybe(os.path.join(folder, f"epoch_{epoch}", "robustness.json"))
-      if report is None or config is None or spe is None:
+      report = _load_if_present(
+          os.path.join(folder, f"epoch_{epoch}", "robustness.json"))
+      if report is None or config is None or steps_per_epoch is None:
         continue
       point = dict(metrics(report), epoch=epoch)
       point["hours_measured"] = training_hours(
-          records, config["data"]["batch_size"], epoch * spe)
+          records, config["data"]["batch_size"], epoch * steps_per_epoch)
       step_s = bench.get("rows", {}).get(row.name, {}).get("median_s")
-      point["hours_bench"] = epoch * spe * step_s / 3600 if step_s else None
+      point["hours_bench"] = (epoch * steps_per_epoch * step_s / 3600
+                              if step_s else None)
       point["checks"] = report["rows"][0].get("checks", [])
       points.append(point)
     if points:
@@ -113,24 +121,24 @@ def curve_points(results_dir: str) -> dict[str, list[dict]]:
 
 
 def authors_model(results_dir: str) -> dict | None:
-  report = _maybe(os.path.join(results_dir, curve.AUTHORS_MODEL,
+  report = _load_if_present(os.path.join(results_dir, curve.AUTHORS_MODEL,
                                "robustness.json"))
   return None if report is None else dict(
       metrics(report), checks=report["rows"][0].get("checks", []))
 
 
-def _pct(v) -> str:
-  return "–" if v is None else f"{v:.2f}"
+def _accuracy_cell(value: float | None) -> str:
+  """An accuracy already in % (:func:`metrics`), two decimals; – if missing."""
+  return "–" if value is None else f"{value:.2f}"
 
 
-def _row_cells(m: dict) -> list[str]:
-  return [_pct(m.get(k)) for k, _ in COLUMNS]
+def _row_cells(accuracies: dict) -> list[str]:
+  return [_accuracy_cell(accuracies.get(k)) for k, _ in COLUMNS]
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
-  return (["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-          + ["| " + " | ".join(r) + " |" for r in body])
+  """Markdown table lines: the label column left, the numbers right."""
+  return text.markdown_table(header, body, left_columns=1).split("\n")
 
 
 def _check_summary(checks: list[dict]) -> list[str]:
@@ -146,12 +154,14 @@ def _check_summary(checks: list[dict]) -> list[str]:
 
 def authors_section(results_dir: str, paper_lfr: dict) -> list[str]:
   """The published model beside the paper's LFR row."""
-  m = authors_model(results_dir)
+  model = authors_model(results_dir)
   out = ["## The LFR authors' published model, through our evaluation", ""]
-  if m is None:
+  if model is None:
     return out + ["(not evaluated yet)", ""]
-  command = _maybe(os.path.join(results_dir, curve.AUTHORS_MODEL,
-                                "command.json")) or {}
+  command = _load_if_present(os.path.join(results_dir, curve.AUTHORS_MODEL,
+                                          "command.json")) or {}
+  default_command = curve.shown(curve.authors_model_command(
+      "runs/curve", "model_best.pth.tar"))
   paper = [f"{paper_lfr[k]:.2f}" if k in paper_lfr else "–"
            for k in ("clean", "fgsm_lfr", "pgd", "mifgsm_lfr", "ddn")]
   out += [
@@ -159,17 +169,17 @@ def authors_section(results_dir: str, paper_lfr: dict) -> list[str]:
       "(`savedModel/MNIST/lr_0.01_lambada_0.02_rs_1000/`): SmallCNN without "
       "dropout, λ = 0.02, K = 40 steps of 0.01, 100 epochs of SGD lr 0.01, "
       "chosen by the authors on test clean accuracy. Evaluated as published "
-      f"(a training checkpoint with `module.` keys) on the first {m['n']} "
-      f"test images, every attack at full settings; ± is the 95% interval "
-      f"from the sample size.", "",
-      f"`{command.get('command', curve.shown(curve.authors_model_command('runs/curve', 'model_best.pth.tar')))}`",
+      f"(a training checkpoint with `module.` keys) on the first "
+      f"{model['n']} test images, every attack at full settings; ± is the "
+      f"95% interval from the sample size.", "",
+      f"`{command.get('command', default_command)}`",
       ""]
   header = ["model"] + [label for _, label in COLUMNS]
   body = [["LFR, authors' 100-epoch model (ours)"] + [
-      f"{m[k]:.2f} ± {halfwidth(m[k], m['n']):.2f}" if k in m else "–"
-      for k, _ in COLUMNS],
+      f"{model[k]:.2f} ± {halfwidth(model[k], model['n']):.2f}"
+      if k in model else "–" for k, _ in COLUMNS],
           ["LFR, the paper's Table 1"] + paper + ["–"] * 3]
-  out += _table(header, body) + [""] + _check_summary(m["checks"]) + [""]
+  out += _table(header, body) + [""] + _check_summary(model["checks"]) + [""]
   return out
 
 
@@ -177,16 +187,21 @@ def epoch_log(results_dir: str) -> list[dict]:
   """Per-epoch rows of the K = 40 run at the authors' settings."""
   records = jsonl(os.path.join(results_dir, curve.AUTHORS_SETTINGS,
                                "metrics.jsonl"))
-  config = _maybe(os.path.join(results_dir, curve.AUTHORS_SETTINGS,
-                               "config.json"))
-  last = lambda split: {r["step"]: r for r in records if r["split"] == split}
-  train, clean, val = last("train_epoch"), last("test_clean"), last("val")
+  config = _load_if_present(os.path.join(
+      results_dir, curve.AUTHORS_SETTINGS, "config.json"))
+
+  def by_step(split):
+    # The last record of a step wins: a resumed run logs some twice.
+    return {r["step"]: r for r in records if r["split"] == split}
+
+  train, clean, val = by_step("train_epoch"), by_step("test_clean"), by_step(
+      "val")
   rows = []
   for step in sorted(train):
-    t = train[step]
+    epoch = train[step]
     rows.append({
-        "epoch": int(round(t["epoch"])), "reg": t["reg"], "ce": t["ce"],
-        "train_acc": 100 * t["acc"],
+        "epoch": int(round(epoch["epoch"])), "reg": epoch["reg"],
+        "ce": epoch["ce"], "train_acc": 100 * epoch["acc"],
         "test_clean": 100 * clean[step]["clean_acc"] if step in clean else None,
         "val_clean": 100 * val[step]["clean_acc"] if step in val else None,
         "val_pgd": 100 * val[step]["pgd_acc"] if step in val else None,
@@ -196,7 +211,10 @@ def epoch_log(results_dir: str) -> list[dict]:
 
 
 def authors_settings_section(results_dir: str) -> list[str]:
+  """The per-epoch log of LFR at the authors' settings, with its command."""
   rows = epoch_log(results_dir)
+  command = curve.shown(curve.authors_settings_command(
+      "runs/curve", max(len(rows), curve.AUTHORS_EPOCHS)))
   out = ["## LFR at the authors' exact settings, in our loop", ""]
   out += [
       "`configs/mnist_lfr.py` without a variant (K = 40 sign steps of 0.01, "
@@ -208,13 +226,12 @@ def authors_settings_section(results_dir: str) -> list[str]:
       "whole 10,000-image test set (monitoring only) and the validation "
       "split's clean and PGD-40 accuracy (1,000 images), as the authors' "
       "training log records them.", "",
-      f"`{curve.shown(curve.authors_settings_command('runs/curve', max(len(rows), curve.AUTHORS_EPOCHS)))}`",
-      ""]
+      f"`{command}`", ""]
   if not rows:
     return out + ["(not run yet)", ""]
   body = [[str(r["epoch"]), f"{r['reg']:.3f}", f"{r['ce']:.4f}",
-           f"{r['train_acc']:.2f}", _pct(r["test_clean"]),
-           _pct(r["val_clean"]), _pct(r["val_pgd"]),
+           f"{r['train_acc']:.2f}", _accuracy_cell(r["test_clean"]),
+           _accuracy_cell(r["val_clean"]), _accuracy_cell(r["val_pgd"]),
            "–" if r["hours"] is None else f"{r['hours']:.2f}"] for r in rows]
   out += _table(["epoch", "mean reg (x_worst)", "mean clean CE",
                  "train acc %", "test clean % (10,000)", "val clean %",
@@ -222,27 +239,34 @@ def authors_settings_section(results_dir: str) -> list[str]:
   return out
 
 
-def gap_fit(points: dict[str, list[dict]], a: str = "lfr_s0",
-            b: str = "trades_s0") -> dict | None:
-  """Least-squares line of the worst-case gap b - a against log2(epochs).
+def gap_fit(points: dict[str, list[dict]], row: str = "lfr_s0",
+            baseline: str = "trades_s0") -> dict | None:
+  """Least-squares line of the worst-case gap baseline - row in log2(epochs).
+
+  Args:
+    points: :func:`curve_points`.
+    row: the curve row behind.
+    baseline: the curve row ahead.
 
   Returns:
     {"slope": points per doubling, "intercept": gap at 1 epoch, "cross":
     epochs where the line reaches 0 (None if it does not shrink)}, or None
     without three common epochs.
   """
-  pa = {p["epoch"]: p.get("worst") for p in points.get(a, [])}
-  pb = {p["epoch"]: p.get("worst") for p in points.get(b, [])}
-  common_epochs = sorted(e for e in pa if e in pb and pa[e] is not None
-                         and pb[e] is not None)
+  worst = {p["epoch"]: p.get("worst") for p in points.get(row, [])}
+  worst_baseline = {p["epoch"]: p.get("worst")
+                    for p in points.get(baseline, [])}
+  common_epochs = sorted(e for e in worst if e in worst_baseline
+                         and worst[e] is not None
+                         and worst_baseline[e] is not None)
   if len(common_epochs) < 3:
     return None
   xs = [math.log2(e) for e in common_epochs]
-  ys = [pb[e] - pa[e] for e in common_epochs]
-  mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-  slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-           / sum((x - mx) ** 2 for x in xs))
-  intercept = my - slope * mx
+  ys = [worst_baseline[e] - worst[e] for e in common_epochs]
+  mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+  slope = (sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+           / sum((x - mean_x) ** 2 for x in xs))
+  intercept = mean_y - slope * mean_x
   cross = None
   if slope < 0:
     doublings = -intercept / slope
@@ -253,6 +277,7 @@ def gap_fit(points: dict[str, list[dict]], a: str = "lfr_s0",
 
 
 def curve_section(results_dir: str) -> list[str]:
+  """Robust accuracy against training epochs and hours, table and figure."""
   points = curve_points(results_dir)
   out = ["## Robust accuracy against training compute", ""]
   out += [
@@ -275,20 +300,22 @@ def curve_section(results_dir: str) -> list[str]:
     return out + ["(no checkpoint evaluated yet)", ""]
   body = []
   for row in curve.ROWS:
-    for p in points.get(row.name, []):
-      worst = p.get("worst")
-      body.append([row.label, str(p["epoch"])] + _row_cells(p)[:-1] + [
-          "–" if worst is None else f"{worst:.2f} ± {halfwidth(worst, p['n']):.2f}",
-          "–" if p["hours_bench"] is None else f"{p['hours_bench']:.2f}",
-          f"{p['hours_measured']:.2f}"])
-  out += _table(["method", "epochs"] + [l for _, l in COLUMNS[:-1]]
+    for point in points.get(row.name, []):
+      worst = point.get("worst")
+      body.append([row.label, str(point["epoch"])] + _row_cells(point)[:-1] + [
+          "–" if worst is None
+          else f"{worst:.2f} ± {halfwidth(worst, point['n']):.2f}",
+          "–" if point["hours_bench"] is None
+          else f"{point['hours_bench']:.2f}",
+          f"{point['hours_measured']:.2f}"])
+  out += _table(["method", "epochs"] + [label for _, label in COLUMNS[:-1]]
                 + ["worst case", "training h", "measured h"], body) + [""]
   if os.path.isfile(os.path.join(results_dir, FIGURE)):
     out += [f"![worst-case robust accuracy against training compute]"
             f"(results/curve/{FIGURE})", ""]
   fit = gap_fit(points)
   if fit:
-    gaps = ", ".join(f"{g:.1f} at epoch {e}" for e, g in
+    gaps = ", ".join(f"{gap:.1f} at epoch {epoch}" for epoch, gap in
                      zip(fit["epochs"], fit["gaps"]))
     out += [f"TRADES − LFR, worst case, in points: {gaps}; a least-squares "
             f"line in log₂(epochs) changes it by {fit['slope']:+.1f} points "
@@ -300,10 +327,10 @@ def curve_section(results_dir: str) -> list[str]:
                   f"{fit['cross']:.0f} epochs.")
     out.append("")
   for row in curve.ROWS:
-    last = points.get(row.name, [])
-    if last and last[-1]["checks"]:
-      out += [f"**{row.label}, epoch {last[-1]['epoch']}.** "
-              + " ".join(_check_summary(last[-1]["checks"]))]
+    row_points = points.get(row.name, [])
+    if row_points and row_points[-1]["checks"]:
+      out += [f"**{row.label}, epoch {row_points[-1]['epoch']}.** "
+              + " ".join(_check_summary(row_points[-1]["checks"]))]
   reading = os.path.join(results_dir, "reading.md")
   out += ["", "### Reading", "", open(reading).read().strip()
           if os.path.isfile(reading) else "(not written yet)", ""]

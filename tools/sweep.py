@@ -2,9 +2,9 @@
 
 Usage::
 
-    python sweep.py --config=configs/mnist_lfr.py:quick \\
+    python tools/sweep.py --config=configs/mnist_lfr.py:quick \\
         --lams=0,0.01,0.02,0.05 --workdir=runs/lfr_sweep
-    python sweep.py --config=configs/mnist_lfr.py --lams=0,0.02 \\
+    python tools/sweep.py --config=configs/mnist_lfr.py --lams=0,0.02 \\
         --workdir=runs/lfr_sweep --eval_config.eval.num_examples=1000
 
 Trains ``config.<method>.lam = lambda`` for every lambda with
@@ -25,8 +25,14 @@ import json
 import os
 import sys
 
-import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
-from absl import app
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as ``python tools/sweep.py``, Python puts tools/ first on the path; the
+# repository root must come first so that this checkout's ``lfr_jax`` (not
+# another installed copy) and ``configs`` are the ones imported.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+import lfr_jax  # noqa: E402,F401  (fast XLA CPU flags before jax starts)
 from absl import flags
 from absl import logging
 import ml_collections
@@ -36,10 +42,10 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import text
 
-DEFAULT_EVAL_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                   "configs", "evaluate.py")
-PROG = "sweep.py"
+DEFAULT_EVAL_CONFIG = os.path.join(REPO, "configs", "evaluate.py")
+PROG = "tools/sweep.py"
 USER_ERRORS = (config_check.ConfigError, data.DataError, evaluation.EvalError)
 
 
@@ -66,14 +72,14 @@ def parse_lams(values: list[str]) -> list[float]:
     config_check.ConfigError: a value that is not a number >= 0, or a repeat.
   """
   out = []
-  for v in values:
+  for value in values:
     try:
-      lam = float(v)
+      lam = float(value)
     except ValueError:
       raise config_check.ConfigError(
-          f"--lams: {v!r} is not a number.") from None
+          f"--lams: {value!r} is not a number.") from None
     if not lam >= 0 or lam == float("inf"):
-      raise config_check.ConfigError(f"--lams: {v!r} must be a finite "
+      raise config_check.ConfigError(f"--lams: {value!r} must be a finite "
                                      f"number >= 0.")
     if lam in out:
       raise config_check.ConfigError(f"--lams names {lam:g} twice.")
@@ -83,7 +89,7 @@ def parse_lams(values: list[str]) -> list[float]:
   return out
 
 
-def run_dir(root: str, lam: float) -> str:
+def lam_workdir(root: str, lam: float) -> str:
   """``<root>/lam_<lambda>`` (``%g``: lam_0, lam_0.02, lam_1e-05)."""
   return os.path.join(root, f"lam_{lam:g}")
 
@@ -107,33 +113,40 @@ def lam_config(config, lam: float):
 
 def eval_settings(eval_config, attacks: str):
   """The evaluation settings of the sweep: ``attacks`` only, no extras."""
-  cfg = ml_collections.ConfigDict(eval_config.eval.to_dict())
-  cfg.attacks = attacks
-  cfg.checks = False
-  cfg.geometry = False
-  cfg.eps_sweep = ()
-  evaluation.validate_settings(cfg)
-  return cfg
+  settings = ml_collections.ConfigDict(eval_config.eval.to_dict())
+  settings.attacks = attacks
+  settings.checks = False
+  settings.geometry = False
+  settings.eps_sweep = ()
+  evaluation.validate_settings(settings)
+  return settings
 
 
 def sweep_markdown(result: dict) -> str:
-  """The sweep as Markdown: one line per lambda."""
-  names = result["columns"]
-  header = ["lambda", "clean"] + [c["label"] for c in names] + [
+  """The sweep as Markdown: one line per lambda.
+
+  Args:
+    result: what :func:`run` writes to sweep.json.
+
+  Returns:
+    The title, a line on the setting and the table, numbers right-aligned.
+  """
+  columns = result["columns"]
+  header = ["lambda", "clean"] + [c["label"] for c in columns] + [
       "train: test clean", "train: test PGD", "status"]
+  rows = []
+  for entry in result["runs"]:
+    accuracy = entry.get("accuracy", {})
+    summary = entry.get("train_summary", {})
+    rows.append([f"{entry['lam']:g}", text.percent(accuracy.get("clean"))]
+                + [text.percent(accuracy.get(c["name"])) for c in columns]
+                + [text.percent(summary.get("test_clean_acc")),
+                   text.percent(summary.get("test_pgd_acc")),
+                   entry["status"]])
   lines = ["# Lambda sweep", "",
            f"{result['config']} ({result['method']}), "
            f"{result['examples']} test examples; accuracy in %.", "",
-           "| " + " | ".join(header) + " |",
-           "|" + "|".join(["---:"] * len(header)) + "|"]
-  for r in result["runs"]:
-    acc = r.get("accuracy", {})
-    s = r.get("train_summary", {})
-    cells = [f"{r['lam']:g}", _pct(acc.get("clean"))]
-    cells += [_pct(acc.get(c["name"])) for c in names]
-    cells += [_pct(s.get("test_clean_acc")), _pct(s.get("test_pgd_acc")),
-              r["status"]]
-    lines.append("| " + " | ".join(cells) + " |")
+           text.markdown_table(header, rows, left_columns=0)]
   if result.get("reduced_settings"):
     reduced = "; ".join(result["reduced_settings"])
     lines += ["", f"Reduced attack settings ({reduced}): a smoke test, not "
@@ -141,27 +154,37 @@ def sweep_markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _pct(v) -> str:
-  return "n/a" if v is None else f"{100 * float(v):.2f}"
-
-
 def run(config, eval_config) -> dict:
+  """Trains every lambda, evaluates the final checkpoints, writes the sweep.
+
+  Args:
+    config: the training preset (``--config``).
+    eval_config: the evaluation settings (``--eval_config``).
+
+  Returns:
+    What sweep.json holds.
+
+  Raises:
+    config_check.ConfigError, data.DataError, evaluation.EvalError: a
+      mistake in the flags, configs or data (one line from ``cli.main``).
+  """
   from lfr_jax import plots  # pylint: disable=g-import-not-at-top
   from lfr_jax import training  # pylint: disable=g-import-not-at-top
   lams = parse_lams(_LAMS.value)
-  cfg = eval_settings(eval_config, _ATTACKS.value)
+  settings = eval_settings(eval_config, _ATTACKS.value)
   configs = [lam_config(config, lam) for lam in lams]
   root = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   if os.path.exists(root) and not os.path.isdir(root):
     raise config_check.ConfigError(f"--workdir {root} is a file, not a folder.")
   for lam in lams:
-    training.check_workdir(run_dir(root, lam))
-  runs, model_list = [], []
-  for lam, lam_cfg in zip(lams, configs):
-    workdir = run_dir(root, lam)
+    training.check_workdir(lam_workdir(root, lam))
+  runs, final_checkpoints = [], []
+  for lam, lam_training_config in zip(lams, configs):
+    workdir = lam_workdir(root, lam)
     entry = {"lam": lam, "workdir": workdir}
     try:
-      entry["train_summary"] = training.train_and_evaluate(lam_cfg, workdir)
+      entry["train_summary"] = training.train_and_evaluate(
+          lam_training_config, workdir)
       entry["status"] = ("done" if entry["train_summary"]["completed"]
                          else "stopped at max_steps")
     except training.TrainingDiverged as e:
@@ -170,26 +193,28 @@ def run(config, eval_config) -> dict:
     runs.append(entry)
     if entry["status"] != "diverged":
       _, rows = evaluation.load_run(workdir, prefix=f"lambda={lam:g}: ")
-      model_list.append(rows[0])  # the final checkpoint
+      final_checkpoints.append(rows[0])
       entry["row"] = rows[0].label
-  if not model_list:
+  if not final_checkpoints:
     raise evaluation.EvalError("every run diverged; nothing to evaluate.")
-  x, y, info = evaluation.load_test_data(configs[0].data, int(cfg.num_examples))
-  report = evaluation.evaluate(model_list, x, y, cfg, data_info=info)
+  x, y, info = evaluation.load_test_data(configs[0].data,
+                                         int(settings.num_examples))
+  report = evaluation.evaluate(final_checkpoints, x, y, settings,
+                               data_info=info)
   evaluation.write_report(report, os.path.join(root, "eval"))
   by_label = {row.label: evaluation.metrics(row, report) for row in report.rows}
-  columns = [{"name": a.name, "label": a.label, "settings": a.settings(),
-              "source": a.source} for a in report.columns
-             if a.threat == "linf"]
+  columns = [{"name": attack.name, "label": attack.label,
+              "settings": attack.settings(), "source": attack.source}
+             for attack in report.columns if attack.threat == "linf"]
   if report.has_worst:
     columns.append({"name": "worst", "label": "worst case"})
   for entry in runs:
     if "row" in entry:
-      m = by_label[entry["row"]]
-      entry["accuracy"] = {k: m[k] for k in ["clean"] + [
+      metrics = by_label[entry["row"]]
+      entry["accuracy"] = {k: metrics[k] for k in ["clean"] + [
           c["name"] for c in columns]}
   result = {
-      "config": _config_name(),
+      "config": _config_argument(),
       "method": config.method, "lams": lams, "examples": int(x.shape[0]),
       "data": info, "columns": columns, "runs": runs,
       "eval_settings": report.settings,
@@ -215,30 +240,13 @@ def run(config, eval_config) -> dict:
   return result
 
 
-def _config_name() -> str:
+def _config_argument() -> str:
+  """The ``--config`` value as given (file and variant), for the report."""
   for arg in sys.argv[1:]:
     if arg.startswith("--config="):
       return arg.split("=", 1)[1]
   return "config"
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(PROG, f"unexpected arguments {argv[1:]}; settings go in "
-         f"--config.<field>=value.")
-  try:
-    config, eval_config = _CONFIG.value, _EVAL_CONFIG.value
-    list(config.keys())
-    list(eval_config.keys())
-  except Exception as e:  # pylint: disable=broad-except
-    cli.fail(PROG, f"--config: {cli.one_line(e)}")
-  from lfr_jax import training  # pylint: disable=g-import-not-at-top
-  training.quiet_library_logs()
-  try:
-    run(config, eval_config)
-  except USER_ERRORS as e:
-    cli.fail(PROG, cli.one_line(e))
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(PROG))
+  cli.main(PROG, run, [_CONFIG, _EVAL_CONFIG], USER_ERRORS)

@@ -4,13 +4,15 @@ One command trains every row with its preset's ``:repro`` variant (see
 ``configs/common.py``: the same epochs, K, inner step and seeds for every
 method), evaluates each final checkpoint with ``evaluate.py`` (the paper's
 four attacks at the authors' settings, APGD-CE, APGD-T, the per-example worst
-case, the gradient-masking checks), runs the lambda sweep with ``sweep.py``,
-copies the small results (JSON, Markdown, chosen figures) into
-``docs/results/`` and writes ``docs/RESULTS.md`` from them::
+case, the gradient-masking checks), runs the lambda sweep with
+``tools/sweep.py``, copies the small results (JSON, Markdown, chosen figures)
+into ``docs/results/`` and writes ``docs/RESULTS.md`` from them. Run it from
+the repository root; MNIST comes from ``$LFR_DATA_DIR`` or, when that is
+unset, the repository's ``data/mnist/``::
 
-    LFR_DATA_DIR=../shared/data/mnist python reproduce.py --workdir=runs/repro
-    python reproduce.py --stages=report      # RESULTS.md from docs/results/
-    python reproduce.py --rows=lfr_s0,trades_s0 --stages=train,eval
+    python tools/reproduce.py --workdir=runs/repro
+    python tools/reproduce.py --stages=report   # RESULTS.md from docs/results/
+    python tools/reproduce.py --rows=lfr_s0,trades_s0 --stages=train,eval
 
 Every stage skips what is already done (a finished training summary, an
 existing evaluation), and training resumes from its checkpoints, so an
@@ -25,15 +27,22 @@ import glob
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as ``python tools/reproduce.py``, Python puts tools/ first on the path;
+# the repository root must come first so that ``configs``, ``tools`` and this
+# checkout's ``lfr_jax`` (not another installed copy) are the ones imported.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
+
 RESULTS_DIR = os.path.join(REPO, "docs", "results")
 RESULTS_MD = os.path.join(REPO, "docs", "RESULTS.md")
 
@@ -87,7 +96,7 @@ PAPER = {
 }
 
 FLAGS = flags.FLAGS
-PROG = "reproduce.py"
+PROG = "tools/reproduce.py"
 
 
 def define_flags() -> None:
@@ -128,15 +137,17 @@ def figures_command(root: str, examples: int) -> list[str]:
   """
   return [sys.executable, "evaluate.py",
           "--workdir=" + ",".join(os.path.join(root, r) for r in GEOMETRY_ROWS),
-          "--checkpoint=final", f"--out={os.path.join(root, 'eval', 'figures')}",
+          "--checkpoint=final",
+          f"--out={os.path.join(root, 'eval', 'figures')}",
           f"--config.eval.num_examples={examples}",
           "--config.eval.attacks=pgd", "--config.eval.checks=False",
           "--config.eval.progress=False"]
 
 
 def sweep_command(root: str, examples: int) -> list[str]:
-  """The sweep.py command of the lambda sweep (Fig. 3)."""
-  return [sys.executable, "sweep.py", "--config=configs/mnist_lfr.py:repro",
+  """The tools/sweep.py command of the lambda sweep (Fig. 3)."""
+  return [sys.executable, "tools/sweep.py",
+          "--config=configs/mnist_lfr.py:repro",
           "--config.log.progress=False", f"--lams={','.join(SWEEP_LAMS)}",
           f"--workdir={os.path.join(root, 'sweep')}",
           f"--eval_config.eval.num_examples={examples}",
@@ -148,7 +159,7 @@ def shown(command: list[str]) -> str:
   return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
 
 
-def _run(command: list[str], log_path: str) -> float:
+def run_logged(command: list[str], log_path: str) -> float:
   """Runs ``command`` in the repo, its output to ``log_path``; returns seconds.
 
   Raises:
@@ -166,25 +177,26 @@ def _run(command: list[str], log_path: str) -> float:
   if proc.returncode != 0:
     with open(log_path) as log:
       tail = log.read()[-2000:]
-    raise SystemExit(f"reproduce.py: {shown(command)} failed "
+    raise SystemExit(f"{PROG}: {shown(command)} failed "
                      f"(exit {proc.returncode}); see {log_path}:\n{tail}")
   return seconds
 
 
-def _load(path: str):
+def _load_json(path: str):
   with open(path) as f:
     return json.load(f)
 
 
 def train_done(root: str, row: Row) -> bool:
   path = os.path.join(root, row.name, "summary.json")
-  return os.path.isfile(path) and _load(path).get("completed", False)
+  return os.path.isfile(path) and _load_json(path).get("completed", False)
 
 
 def stage_train(root: str, rows: list[Row]) -> None:
   for row in rows:
     if not train_done(root, row):
-      _run(train_command(row, root), os.path.join(root, f"{row.name}.log"))
+      run_logged(train_command(row, root),
+                 os.path.join(root, f"{row.name}.log"))
 
 
 def stage_eval(root: str, rows: list[Row]) -> None:
@@ -194,7 +206,8 @@ def stage_eval(root: str, rows: list[Row]) -> None:
       continue
     command = eval_command(row, root, FLAGS.eval_examples,
                            FLAGS.check_examples)
-    seconds = _run(command, os.path.join(root, "eval", f"{row.name}.log"))
+    seconds = run_logged(command,
+                         os.path.join(root, "eval", f"{row.name}.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(out, "command.json"), "w") as f:
         json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -202,7 +215,7 @@ def stage_eval(root: str, rows: list[Row]) -> None:
   if (all(r in [row.name for row in rows] for r in GEOMETRY_ROWS)
       and not os.path.isfile(os.path.join(figures, "robustness.json"))):
     command = figures_command(root, FLAGS.eval_examples)
-    seconds = _run(command, os.path.join(root, "eval", "figures.log"))
+    seconds = run_logged(command, os.path.join(root, "eval", "figures.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(figures, "command.json"), "w") as f:
         json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -221,7 +234,7 @@ def stage_sweep(root: str) -> None:
   if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
     return
   command = sweep_command(root, FLAGS.eval_examples)
-  seconds = _run(command, os.path.join(sweep_root, "sweep.log"))
+  seconds = run_logged(command, os.path.join(sweep_root, "sweep.log"))
   if not FLAGS.dry_run:
     with open(os.path.join(sweep_root, "command.json"), "w") as f:
       json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -302,9 +315,9 @@ def _copy_scrubbed(src: str, dest: str) -> None:
   """Copies a text file without this machine's absolute paths."""
   from tools import curve  # pylint: disable=g-import-not-at-top
   with open(src) as f:
-    text = curve.scrub(f.read())
+    scrubbed = curve.scrub(f.read())
   with open(dest, "w") as f:
-    f.write(text)
+    f.write(scrubbed)
 
 
 def stage_collect(root: str, rows: list[Row]) -> None:
@@ -316,8 +329,8 @@ def stage_collect(root: str, rows: list[Row]) -> None:
     src_eval = os.path.join(root, "eval", row.name)
     for src, name in ((src_train, "summary.json"), (src_train, "config.json"),
                       (src_train, "metrics.jsonl"),
-                      (src_eval, "robustness.json"), (src_eval, "robustness.md"),
-                      (src_eval, "command.json")):
+                      (src_eval, "robustness.json"),
+                      (src_eval, "robustness.md"), (src_eval, "command.json")):
       if os.path.isfile(os.path.join(src, name)):
         out_name = "train_summary.json" if name == "summary.json" else name
         _copy_scrubbed(os.path.join(src, name), os.path.join(dest, out_name))
@@ -371,7 +384,7 @@ def load_results(results_dir: str) -> dict[str, dict]:
                       ("config", "config.json"), ("command", "command.json")):
       path = os.path.join(folder, name)
       if os.path.isfile(path):
-        entry[key] = _load(path)
+        entry[key] = _load_json(path)
     if "eval" in entry:
       # A run that ended as a constant classifier has no robustness to
       # report: its "robust" accuracy is the majority-class rate.
@@ -408,25 +421,27 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
   return mean, (max(values) - min(values)) / 2
 
 
-def _cell(values: list[float]) -> str:
+def _mean_spread_cell(values: list[float]) -> str:
   if not values:
     return "–"
   mean, spread = _mean_spread(values)
   return f"{mean:.2f}" + (f" ± {spread:.2f}" if len(values) > 1 else "")
 
 
-def side_by_side(results: dict, authors: dict | None = None) -> list[str]:
+def side_by_side(results: dict, authors: dict | None = None) -> str:
   """The paper's Table 1 and ours, cell by cell (ours − paper).
 
   Args:
     results: :func:`load_results`.
     authors: :func:`load_authors_model`, drawn below the LFR row.
+
+  Returns:
+    The Markdown table.
   """
   header = ["defence", "seeds"] + [
       f"{label}: ours / paper / Δ" for _, label in PAPER_COLUMNS] + [
           f"{label} (ours; not in the paper)" for _, label in EXTRA_COLUMNS]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---"] * len(header)) + "|"]
+  rows = []
   for paper_row, paper in PAPER.items():
     runs = [results[r.name] for r in ROWS
             if r.paper == paper_row and r.name in results
@@ -438,28 +453,34 @@ def side_by_side(results: dict, authors: dict | None = None) -> list[str]:
           "ddn_unquantized" in row_metrics(e) for e in runs) else ""
       if ours:
         mean, _ = _mean_spread(ours)
-        cells.append(f"{_cell(ours)}{dagger} / {paper[key]:.2f} / "
-                     f"{mean - paper[key]:+.2f}")
+        cells.append(f"{_mean_spread_cell(ours)}{dagger} / {paper[key]:.2f} "
+                     f"/ {mean - paper[key]:+.2f}")
       else:
         cells.append(f"not run / {paper[key]:.2f} / –")
     for key, _ in EXTRA_COLUMNS:
-      cells.append(_cell([row_metrics(e)[key] for e in runs
-                          if key in row_metrics(e)]))
-    lines.append("| " + " | ".join(cells) + " |")
+      cells.append(_mean_spread_cell([row_metrics(e)[key] for e in runs
+                                      if key in row_metrics(e)]))
+    rows.append(cells)
     if paper_row == "LFR" and authors is not None:
-      lines.append(_authors_row(authors, paper))
-  return lines
+      rows.append(_authors_cells(authors, paper))
+  return text.markdown_table(header, rows)
 
 
-def _authors_row(entry: dict, paper: dict) -> str:
+def _authors_cells(entry: dict, paper: dict) -> list[str]:
   """The LFR authors' published model, against the paper's LFR row."""
-  m = row_metrics(entry)
+  metrics = row_metrics(entry)
   cells = ["LFR, authors' 100-epoch model", "1"]
   for key, _ in PAPER_COLUMNS:
-    cells.append(f"{m[key]:.2f} / {paper[key]:.2f} / {m[key] - paper[key]:+.2f}"
-                 if key in m else "–")
-  cells += [f"{m[key]:.2f}" if key in m else "–" for key, _ in EXTRA_COLUMNS]
-  return "| " + " | ".join(cells) + " |"
+    cells.append(f"{metrics[key]:.2f} / {paper[key]:.2f} / "
+                 f"{metrics[key] - paper[key]:+.2f}"
+                 if key in metrics else "–")
+  cells += [_accuracy_cell(metrics, key) for key, _ in EXTRA_COLUMNS]
+  return cells
+
+
+def _accuracy_cell(metrics: dict[str, float], key: str) -> str:
+  """An accuracy of :func:`row_metrics` (already in %); – when absent."""
+  return f"{metrics[key]:.2f}" if key in metrics else "–"
 
 
 def load_authors_model(results_dir: str) -> dict | None:
@@ -467,48 +488,53 @@ def load_authors_model(results_dir: str) -> dict | None:
   from tools import curve  # pylint: disable=g-import-not-at-top
   path = os.path.join(results_dir, "curve", curve.AUTHORS_MODEL,
                       "robustness.json")
-  return {"eval": _load(path)} if os.path.isfile(path) else None
+  return {"eval": _load_json(path)} if os.path.isfile(path) else None
 
 
-def full_table(results: dict, results_dir: str) -> list[str]:
-  """Every run, every column, with its seed and wall times."""
-  cols = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
-                          ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
-  header = (["run", "defence", "seed"] + [label for _, label in cols]
+def full_table(results: dict, results_dir: str) -> str:
+  """Every run, every column, with its seed and wall times.
+
+  Args:
+    results: :func:`load_results`.
+    results_dir: docs/results, for the rows trained but not evaluated.
+
+  Returns:
+    The Markdown table: run, defence and seed left-aligned, numbers right.
+  """
+  columns = PAPER_COLUMNS + (("fgsm", "FGSM (textbook)"),
+                             ("mifgsm", "MI-FGSM (textbook)")) + EXTRA_COLUMNS
+  header = (["run", "defence", "seed"] + [label for _, label in columns]
             + ["DDN median L2", "DDN acc@L2≤2",
                "train: test clean / PGD-20 (1,000)",
                "train s", "eval s"])
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+  rows = []
   for row in ROWS:
+    labels = [row.name, row.label, str(row.seed)]
     if row.name not in results:
       train = _train_only(results_dir, row)
-      cells = [row.name, row.label, str(row.seed)] + ["not evaluated"] * (
-          len(cols) + 2)
-      cells += [_train_cell(train), _seconds(_train_seconds(train)), "–"]
-      lines.append("| " + " | ".join(cells) + " |")
+      rows.append(labels + ["not evaluated"] * (len(columns) + 2) + [
+          _training_test_cell(train), _seconds_cell(_train_seconds(train)),
+          "–"])
       continue
     entry = results[row.name]
+    train = entry.get("train", {})
+    eval_seconds = _seconds_cell(entry.get("command", {}).get("seconds"))
     if entry["collapsed"]:
-      cells = [row.name, row.label, str(row.seed)] + [
-          "constant classifier"] * (len(cols) + 2)
-      cells += [_train_cell(entry.get("train", {})),
-                _seconds(_train_seconds(entry.get("train", {}))),
-                _seconds(entry.get("command", {}).get("seconds"))]
-      lines.append("| " + " | ".join(cells) + " |")
+      rows.append(labels + ["constant classifier"] * (len(columns) + 2) + [
+          _training_test_cell(train), _seconds_cell(_train_seconds(train)),
+          eval_seconds])
       continue
-    m = row_metrics(entry)
-    cells = [row.name, row.label, str(row.seed)]
-    cells += [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols]
-    median = m.get("ddn_median_l2")
+    metrics = row_metrics(entry)
+    cells = labels + [_accuracy_cell(metrics, k) for k, _ in columns]
+    median = metrics.get("ddn_median_l2")
     cells.append("–" if median is None else "inf" if median == float("inf")
                  else f"{median:.3f}")
-    cells.append(f"{m['ddn_at_budget']:.2f}" if "ddn_at_budget" in m else "–")
-    cells.append(_train_cell(entry.get("train", {})))
-    cells.append(_seconds(_train_seconds(entry.get("train", {}))))
-    cells.append(_seconds(entry.get("command", {}).get("seconds")))
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines
+    cells.append(_accuracy_cell(metrics, "ddn_at_budget"))
+    cells.append(_training_test_cell(train))
+    cells.append(_seconds_cell(_train_seconds(train)))
+    cells.append(eval_seconds)
+    rows.append(cells)
+  return text.markdown_table(header, rows, left_columns=3)
 
 
 def _train_seconds(summary: dict):
@@ -516,22 +542,23 @@ def _train_seconds(summary: dict):
   return summary.get("seconds_total", summary.get("seconds"))
 
 
-def _seconds(v) -> str:
-  return f"{v:.0f}" if v else "–"
+def _seconds_cell(seconds) -> str:
+  """Whole seconds; – when unknown (or zero: a dry run's)."""
+  return f"{seconds:.0f}" if seconds else "–"
 
 
-def _train_cell(summary: dict) -> str:
+def _training_test_cell(summary: dict) -> str:
   """Training's own end-of-run test numbers (PGD-20 on 1,000 test images)."""
   if "test_clean_acc" not in summary:
     return "–"
-  return (f"{100 * summary['test_clean_acc']:.1f} / "
-          f"{100 * summary['test_pgd_acc']:.1f}")
+  return (f"{text.percent(summary['test_clean_acc'], digits=1)} / "
+          f"{text.percent(summary['test_pgd_acc'], digits=1)}")
 
 
 def _train_only(results_dir: str, row: Row) -> dict:
   """A row's training summary when it was trained but not evaluated."""
   path = os.path.join(results_dir, row.name, "train_summary.json")
-  return _load(path) if os.path.isfile(path) else {}
+  return _load_json(path) if os.path.isfile(path) else {}
 
 
 def check_lines(results: dict) -> list[str]:
@@ -551,30 +578,30 @@ def check_lines(results: dict) -> list[str]:
 
 def headline(results: dict) -> str:
   """LFR's worst-case robust accuracy against TRADES' and AT's."""
-  def worst(paper_row):
-    vals = [row_metrics(results[r.name])["worst"] for r in ROWS
+  def worst_cases(paper_row):
+    return [row_metrics(results[r.name])["worst"] for r in ROWS
             if r.paper == paper_row and r.name in results
             and not results[r.name]["collapsed"]
             and "worst" in row_metrics(results[r.name])]
-    return vals
-  def warns(paper_row):
+  def warn_count(paper_row):
     return sum(c["status"] == "WARN" for r in ROWS
                if r.paper == paper_row and r.name in results
                for c in results[r.name]["eval"]["rows"][0].get("checks", []))
   parts = []
   for name in ("LFR", "TRADES", "AT", "LLR", "Standard"):
-    vals = worst(name)
-    if vals:
-      n_warn = warns(name)
-      parts.append(f"{name} {_cell(vals)}%" + (
-          f" ({n_warn} masking WARN{'s' if n_warn > 1 else ''})"
-          if n_warn else ""))
+    accuracies = worst_cases(name)
+    if accuracies:
+      warns = warn_count(name)
+      parts.append(f"{name} {_mean_spread_cell(accuracies)}%" + (
+          f" ({warns} masking WARN{'s' if warns > 1 else ''})"
+          if warns else ""))
   return ("Worst-case robust accuracy (ℓ∞, ε = 0.3; mean ± half-range over "
           "seeds): " + ", ".join(parts) + "." if parts else
           "No row has been evaluated yet.")
 
 
 def _protocol_text(results: dict) -> list[str]:
+  """The protocol section: training, evaluation, sample size, machine."""
   from configs import common  # pylint: disable=g-import-not-at-top
   any_entry = next(iter(results.values()), None)
   lines = [
@@ -589,25 +616,27 @@ def _protocol_text(results: dict) -> list[str]:
       f"0.01, lr 0.01.",
   ]
   if any_entry:
-    ev = any_entry["eval"]
-    s = ev["settings"]
+    report = any_entry["eval"]
+    settings = report["settings"]
     lines.append(
         f"- **Evaluation** (`evaluate.py`, final checkpoints): the first "
-        f"{ev['rows'][0]['examples']} MNIST test images, ε = {s['eps']:g}; "
-        f"every attack at its full settings: PGD-{s['pgd_steps']} (step "
-        f"{s['step_size']:g}, uniform start), FGSM and MI-FGSM (decay "
-        f"{s['mifgsm_lfr_decay']:g}) as the LFR authors ran them, DDN-"
-        f"{s['ddn_steps']} (advertorch's defaults, no norm bound: accuracy "
-        f"on its output; also the median ‖δ‖₂ and accuracy at ‖δ‖₂ ≤ "
-        f"{s['ddn_l2_budget']:g}), "
-        f"APGD-CE and APGD-T ({s['apgd_steps']} steps, "
-        f"{s['apgd_targets']} targets), and the per-example worst case over "
-        f"all ℓ∞ attacks. Masking checks on the first "
-        f"{s['check_examples']} images.")
-    lines.append(_sample_size_text(results, ev["rows"][0]["examples"]))
-    hw = ev.get("hardware", {})
-    sw = ev.get("software", {})
-    lines.append(f"- **Hardware and software**: {_flat(hw)}; {_flat(sw)}.")
+        f"{report['rows'][0]['examples']} MNIST test images, "
+        f"ε = {settings['eps']:g}; every attack at its full settings: "
+        f"PGD-{settings['pgd_steps']} (step {settings['step_size']:g}, "
+        f"uniform start), FGSM and MI-FGSM (decay "
+        f"{settings['mifgsm_lfr_decay']:g}) as the LFR authors ran them, "
+        f"DDN-{settings['ddn_steps']} (advertorch's defaults, no norm "
+        f"bound: accuracy on its output; also the median ‖δ‖₂ and accuracy "
+        f"at ‖δ‖₂ ≤ {settings['ddn_l2_budget']:g}), APGD-CE and APGD-T "
+        f"({settings['apgd_steps']} steps, {settings['apgd_targets']} "
+        f"targets), and the per-example worst case over all ℓ∞ attacks. "
+        f"Masking checks on the first {settings['check_examples']} images.")
+    lines.append(_sample_size_text(results,
+                                   report["rows"][0]["examples"]))
+    hardware = report.get("hardware", {})
+    software = report.get("software", {})
+    lines.append(f"- **Hardware and software**: {_flat(hardware)}; "
+                 f"{_flat(software)}.")
   return lines
 
 
@@ -618,25 +647,29 @@ def binomial_halfwidth(accuracy: float, n: int) -> float:
 
 
 def _sample_size_text(results: dict, n: int) -> str:
+  """The paragraph on what ``n`` test images can and cannot tell apart."""
   seconds = [e["command"]["seconds"] for e in results.values()
              if e.get("command", {}).get("seconds")]
-  text = (f"- **Sample size**: {n} test images, not the full 10,000: an "
-          f"accuracy's 95% interval is about ±{binomial_halfwidth(50, n):.1f} "
-          f"points at 50%, ±{binomial_halfwidth(80, n):.1f} at 80% and "
-          f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
-          f"larger than that are findings.")
+  paragraph = (
+      f"- **Sample size**: {n} test images, not the full 10,000: an "
+      f"accuracy's 95% interval is about ±{binomial_halfwidth(50, n):.1f} "
+      f"points at 50%, ±{binomial_halfwidth(80, n):.1f} at 80% and "
+      f"±{binomial_halfwidth(95, n):.1f} at 95%, so only differences "
+      f"larger than that are findings.")
   if seconds:
     median = sorted(seconds)[len(seconds) // 2]
-    text += (f" One evaluation took a median {median:.0f} s here; the full "
-             f"test set would take about {median * 10_000 / n / 3600:.1f} h "
-             f"per row on these 2 CPU cores.")
-  return text
+    paragraph += (
+        f" One evaluation took a median {median:.0f} s here; the full "
+        f"test set would take about {median * 10_000 / n / 3600:.1f} h "
+        f"per row on these 2 CPU cores.")
+  return paragraph
 
 
-def _flat(d) -> str:
-  if isinstance(d, dict):
-    return ", ".join(f"{k} {v}" for k, v in d.items())
-  return str(d)
+def _flat(details) -> str:
+  """``{"cpu": "x", "jax": "0.1"}`` -> ``cpu x, jax 0.1``."""
+  if isinstance(details, dict):
+    return ", ".join(f"{k} {v}" for k, v in details.items())
+  return str(details)
 
 
 def render(results_dir: str) -> str:
@@ -646,14 +679,16 @@ def render(results_dir: str) -> str:
   reading = (open(reading_path).read().strip() if os.path.isfile(reading_path)
              else "(not written yet)")
   out = ["# LFR Table 1, reproduced at a reduced protocol", "",
-         "Generated by `python reproduce.py --stages=report` from the files "
-         "in `docs/results/` (which `reproduce.py` copies from the runs); do "
+         "Generated by `python tools/reproduce.py --stages=report` from the "
+         "files in `docs/results/` (which `tools/reproduce.py` copies from the "
+         "runs); do "
          "not edit by hand: the reading below comes from "
          "`docs/results/reading.md`.", "",
          "## Protocol (the same for every row)", ""]
   out += _protocol_text(results)
   out += ["", "The full run: `LFR_DATA_DIR=../shared/data/mnist python "
-          "reproduce.py --workdir=runs/repro`. Per row, the exact commands:",
+          "tools/reproduce.py --workdir=runs/repro`. Per row, the exact "
+          "commands:",
           "", "```"]
   for row in ROWS:
     out.append(shown(train_command(row, "runs/repro")))
@@ -674,7 +709,7 @@ def render(results_dir: str) -> str:
           "256-level rounding and with its step schedule one step earlier; "
           "their value is clean × (1 − success), exact for that attack.", ""]
   authors = load_authors_model(results_dir)
-  out += side_by_side(results, authors)
+  out.append(side_by_side(results, authors))
   if authors is not None:
     n = authors["eval"]["rows"][0]["examples"]
     out += ["", f"The authors' model is evaluated on the first {n} test "
@@ -683,7 +718,7 @@ def render(results_dir: str) -> str:
   out += ["", "## Every run, every column", "",
           "Accuracy in %; train s is the wall time of training including its "
           "validation, eval s that of `evaluate.py`.", ""]
-  out += full_table(results, results_dir)
+  out.append(full_table(results, results_dir))
   out += ["", "## Gradient-masking checks", ""]
   out += check_lines(results) or ["(no row evaluated yet)"]
   from tools import curve_report  # pylint: disable=g-import-not-at-top
@@ -722,9 +757,8 @@ def render(results_dir: str) -> str:
   return "\n".join(out) + "\n"
 
 
-def main(argv):
-  del argv
-  from lfr_jax import cli  # pylint: disable=g-import-not-at-top
+def run() -> None:
+  """Runs the stages of ``--stages`` on the rows of ``--rows``."""
   unknown = sorted(set(FLAGS.stages) - set(STAGES))
   unknown_rows = sorted(set(FLAGS.rows) - set(ROW_NAMES))
   if unknown:
@@ -732,10 +766,6 @@ def main(argv):
   if unknown_rows:
     cli.fail(PROG, f"unknown rows {unknown_rows}; valid: "
              f"{', '.join(ROW_NAMES)}.")
-  if ({"train", "eval", "sweep"} & set(FLAGS.stages)
-      and not os.environ.get("LFR_DATA_DIR")):
-    cli.fail(PROG, "set LFR_DATA_DIR to the folder of the four MNIST files "
-             "(e.g. ../shared/data/mnist).")
   root = os.path.abspath(FLAGS.workdir)
   rows = [r for r in ROWS if r.name in FLAGS.rows]
   if "train" in FLAGS.stages:
@@ -747,12 +777,14 @@ def main(argv):
   if "collect" in FLAGS.stages and not FLAGS.dry_run:
     stage_collect(root, rows)
   if "report" in FLAGS.stages and not FLAGS.dry_run:
-    text = render(RESULTS_DIR)
+    markdown = render(RESULTS_DIR)
     with open(RESULTS_MD, "w") as f:
-      f.write(text)
+      f.write(markdown)
     print(f"wrote {RESULTS_MD}")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Every stage runs the other programs as subprocesses: no jax here.
+  cli.main(PROG, run, settings_hint="flags such as --stages=report",
+           quiet_logs=False)
