@@ -4,9 +4,9 @@ APGD-CE (Croce & Hein 2020), ``--steps`` (100) iterations, one restart,
 l_inf ``--eps`` (0.3), on the first ``--num_examples`` (1,000) MNIST test
 images (``lfr_jax.data.load_mnist_idx("test")``, from ``$LFR_DATA_DIR``).
 Both frameworks attack the same weights: those of ``--workdir`` (a
-``train.py`` run of SmallCNN, restored with ``lfr_jax.training.load_checkpoint``)
+``train.py`` run of SmallCNN, restored with ``lfr_jax.workdir.load_checkpoint``)
 or, without it, a SmallCNN trained here for ``--train_steps`` steps of
-``--train_method`` (our ``training.make_train_step``), exported to PyTorch with
+``--train_method`` (our ``steps.make_train_step``), exported to PyTorch with
 ``lfr_jax.interop.export_torch_state_dict``. Both run in eval mode.
 
 It reports clean and robust accuracy of each (they should agree within
@@ -49,16 +49,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lfr_jax import attacks  # noqa: E402
 from lfr_jax import cli  # noqa: E402
-from lfr_jax import config_check  # noqa: E402
 from lfr_jax import data  # noqa: E402
 from lfr_jax import interop  # noqa: E402
 from lfr_jax import models  # noqa: E402
 from lfr_jax import objectives  # noqa: E402
+from lfr_jax import sharding  # noqa: E402
+from lfr_jax import workdir as workdir_lib  # noqa: E402
 from lfr_jax import text  # noqa: E402
 from lfr_jax import training  # noqa: E402
 
@@ -115,9 +114,9 @@ def load_workdir(workdir: str, best: bool = False) -> models.Network:
   if config.model.name != "small_cnn":
     raise app.UsageError(f"--workdir {workdir} holds a {config.model.name}; "
                          "this benchmark compares SmallCNN only.")
-  state, _ = training.load_checkpoint(config, workdir, best=best)
+  state, _ = workdir_lib.load_checkpoint(config, workdir, best=best)
   graphdef = models.create(config.model.name, jax.random.key(0),
-                           **config_check.model_kwargs(config)).graphdef
+                           **models.kwargs_from_config(config.model)).graphdef
   return models.Network(graphdef=graphdef, params=jax.device_get(state.params),
                         state=jax.device_get(state.model_state))
 
@@ -141,7 +140,7 @@ def train_small_cnn(method: str, num_steps: int, inner_k: int, seed: int,
   if "num_steps" in objectives.valid_settings(method):
     settings["num_steps"] = inner_k
   net = models.create("small_cnn", jax.random.key(seed))
-  mesh = training.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   step, state = common.make_jax_step(method, net, settings, eps=eps, lr=0.01,
                                      momentum=0.9, seed=seed, mesh=mesh)
   x_train, y_train = data.load_mnist_idx("train")
@@ -149,11 +148,11 @@ def train_small_cnn(method: str, num_steps: int, inner_k: int, seed: int,
   order = np.concatenate([rng.permutation(len(x_train))
                           for _ in range(math.ceil(num_steps * batch
                                                    / len(x_train)))])
-  sharding = NamedSharding(mesh, P("data"))
+  batch_sharding = sharding.batch(mesh)
   metrics = {}
   for i in range(num_steps):
     idx = order[i * batch:(i + 1) * batch]
-    x, y = jax.device_put((x_train[idx], y_train[idx]), sharding)
+    x, y = jax.device_put((x_train[idx], y_train[idx]), batch_sharding)
     state, metrics = step(state, x, y)
   if metrics:
     print(f"# trained: {method}, {num_steps} steps, last train acc "

@@ -19,7 +19,7 @@ SmallCNN weights and batch in both frameworks, each timing the median of
    respect to the input) and weight transpose, JAX (``fast_conv``) against
    PyTorch (oneDNN), the three operations every order of differentiation is
    made of.
-4. **The real steps** (``training.make_train_step`` and the PyTorch port of
+4. **The real steps** (``steps.make_train_step`` and the PyTorch port of
    ``bench/common.py``, timed by ``common.compare``), interleaved, at two K;
    the difference gives the cost of one inner step inside the compiled loop
    and the K-independent rest (outer double backprop, update), with the
@@ -286,7 +286,7 @@ def run() -> None:
         f"{torch_s / jax_s:.2f}x"]), flush=True)
 
   ks = sorted(int(v) for v in FLAGS.ks)
-  print(f"\n## The real steps, interleaved (training.make_train_step vs the "
+  print(f"\n## The real steps, interleaved (steps.make_train_step vs the "
         f"PyTorch port; median of {repeats})\n")
   print(text.markdown_table(["method", "K", "JAX s", "PyTorch s",
                              "PyTorch ÷ JAX"], []))

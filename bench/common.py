@@ -8,7 +8,7 @@ Every bench script is one benchmark and imports its shared parts from here:
 - the model: :func:`small_cnn_weights` (the same SmallCNN weights for JAX and
   PyTorch), :func:`random_batch`;
 - timing: :func:`median_and_min`;
-- our training step, :func:`make_jax_step` (``training.make_train_step``,
+- our training step, :func:`make_jax_step` (``steps.make_train_step``,
   the step every run uses, and its placed state);
 - a faithful PyTorch port of the LFR authors' training steps
   (:func:`torch_lfr_step`, :func:`torch_pgd_at_step`) and :func:`compare`,
@@ -70,7 +70,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from lfr_jax import interop  # noqa: E402
 from lfr_jax import models  # noqa: E402
 from lfr_jax import objectives  # noqa: E402
-from lfr_jax import training  # noqa: E402
+from lfr_jax import sharding  # noqa: E402
+from lfr_jax import steps  # noqa: E402
+from lfr_jax import train_state  # noqa: E402
 
 TORCH_INSTALL = "pip install torch==2.13.0"
 
@@ -396,7 +398,7 @@ def objective_settings(method: str, num_steps: int, step_size: float,
 def make_jax_step(method: str, net: models.Network, settings: dict[str, Any],
                   *, eps: float, lr: float, momentum: float, seed: int = 0,
                   mesh: jax.sharding.Mesh | None = None):
-  """Our training step (``training.make_train_step``) and a fresh state.
+  """Our training step (``steps.make_train_step``) and a fresh state.
 
   Args:
     method: an ``objectives.names()`` name.
@@ -414,14 +416,14 @@ def make_jax_step(method: str, net: models.Network, settings: dict[str, Any],
   """
   tx = optax.sgd(lr, momentum=momentum)
   eps_value = jnp.asarray(eps, jnp.float32)
-  mesh = mesh or training.make_mesh(1)
-  step = training.make_train_step(
+  mesh = mesh or sharding.make_mesh(1)
+  step = steps.make_train_step(
       objectives.build(method, **settings), net.graphdef, tx, lambda s: lr,
       lambda s: eps_value, mesh)
   # Placed as the step returns it; an uncommitted state would make the
   # second call compile again.
   state = jax.device_put(
-      training.create_train_state(net, tx, jax.random.key(seed + 1)),
+      train_state.create_train_state(net, tx, jax.random.key(seed + 1)),
       NamedSharding(mesh, P()))
   return step, state
 
@@ -459,7 +461,7 @@ def compare(method: str, num_steps: int, *, batch: int, repeats: int,
   step, state = make_jax_step(
       method, net, objective_settings(method, num_steps, step_size, lam),
       eps=eps, lr=lr, momentum=momentum, seed=seed)
-  batch_sharding = NamedSharding(training.make_mesh(1), P("data"))
+  batch_sharding = NamedSharding(sharding.make_mesh(1), P("data"))
   x_jax, y_jax = jax.device_put((x_np, y_np), batch_sharding)
   start = time.perf_counter()
   state, metrics = step(state, x_jax, y_jax)

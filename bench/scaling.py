@@ -1,6 +1,6 @@
 """How the JAX LFR training step scales with K, with the batch, and over devices.
 
-Three sweeps of ``lfr_jax.training.make_train_step`` with
+Three sweeps of ``lfr_jax.steps.make_train_step`` with
 ``objectives.build("lfr")`` on SmallCNN (TRADES weights, fc3 made non-zero):
 
 1. K in ``--ks`` at batch ``--k_batch``;
@@ -54,8 +54,8 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lfr_jax import cli  # noqa: E402
+from lfr_jax import sharding  # noqa: E402
 from lfr_jax import text  # noqa: E402
-from lfr_jax import training  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROG = "bench/scaling.py"
@@ -160,7 +160,7 @@ def measure(num_steps: int, batch: int, *, repeats: int, warmup: int,
     {"k", "batch", "compile_s", "times", "compile_peak_mib",
      "step_peak_mib", "step_peak_kind", "rss_before_steps_mib", "xla_mib"}.
   """
-  mesh = training.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   step, state, x, y = _setup(num_steps, batch, mesh, eps=eps,
                              step_size=step_size, lam=lam)
   start = time.perf_counter()
@@ -196,7 +196,7 @@ def measure_sharded(num_steps: int, batch: int, *, repeats: int, warmup: int,
   """
   n = jax.device_count()
   out = {"devices": n, "k": num_steps, "batch": batch}
-  for tag, mesh in (("n", training.make_mesh(n)), ("1", training.make_mesh(1))):
+  for tag, mesh in (("n", sharding.make_mesh(n)), ("1", sharding.make_mesh(1))):
     step, state, x, y = _setup(num_steps, batch, mesh, eps=eps,
                                step_size=step_size, lam=lam)
     start = time.perf_counter()
@@ -299,7 +299,7 @@ def run() -> None:
   child_settings = {"repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
                     "eps": FLAGS.eps, "step_size": FLAGS.step_size,
                     "lam": FLAGS.lam}
-  print(f"# bench/scaling.py: JAX LFR step (training.make_train_step), "
+  print(f"# bench/scaling.py: JAX LFR step (steps.make_train_step), "
         f"SmallCNN, median of {FLAGS.repeats} steps, one subprocess per row")
   print(f"# {common.machine_line()}")
   warning = common.load_warning(with_torch=False)

@@ -1,6 +1,6 @@
 """Examples/s of one jitted training step per method (SmallCNN, MNIST shapes).
 
-Each step is ``lfr_jax.training.make_train_step``, the update every training
+Each step is ``lfr_jax.steps.make_train_step``, the update every training
 run uses: objective, double backprop where the method needs it, and the
 SGD-momentum update, one jit on a 1-device mesh with the state donated. Timings
 are taken after compiling, with ``block_until_ready``, as the median of
@@ -31,8 +31,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lfr_jax import cli  # noqa: E402
 from lfr_jax import models  # noqa: E402
+from lfr_jax import sharding  # noqa: E402
 from lfr_jax import text  # noqa: E402
-from lfr_jax import training  # noqa: E402
 
 PROG = "bench/step.py"
 
@@ -58,14 +58,14 @@ def inner_settings(method: str, num_steps: int) -> dict:
 
 
 def time_step(method: str, num_steps: int) -> tuple[float, float]:
-  """Times ``training.make_train_step``, the step every run uses.
+  """Times ``steps.make_train_step``, the step every run uses.
 
   Returns:
     (seconds of the first call, i.e. compile plus one step; median seconds
     of the timed steps).
   """
   net = models.create("small_cnn", jax.random.key(0))
-  mesh = training.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   # The state comes placed as training places it, so the first call is the
   # only compile.
   step, state = common.make_jax_step(

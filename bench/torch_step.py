@@ -19,7 +19,7 @@ the JAX network, and its PyTorch copy from
 process, interleaved (``common.compare``): after warm-up, one JAX step, one
 PyTorch step, and so on, ``--repeats`` times; each column is the median
 (``--schedule=blocked`` runs all JAX steps first instead). The JAX step is
-``lfr_jax.training.make_train_step`` (the one training uses), timed after
+``lfr_jax.steps.make_train_step`` (the one training uses), timed after
 compiling with ``block_until_ready``. PyTorch runs ``--threads`` intra-op
 threads (2); on a busy machine its spinning OpenMP threads slow it down
 several-fold, which ``--omp_wait_policy=PASSIVE`` avoids.

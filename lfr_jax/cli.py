@@ -8,50 +8,21 @@ stderr and exit status 2, before anything is written.
 Example::
 
     from lfr_jax import cli
-    cli.one_line(ValueError("ValueError: eps must be >= 0, got -1."))
-    # 'eps must be >= 0, got -1.'
+    cli.unknown_field(KeyError("'lrr'\nDid you mean \"lr\"?"),
+                      ["train.py", "--config.optim.lrr=0.1"])
+    # '--config.optim.lrr: no such config field. Did you mean "lr"?'
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
-import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags
 
-
-def _unquote(text: str) -> str:
-  # config_flags nests reprs of KeyError messages ("'\\'lrr\\'\\nDid you ...'").
-  for _ in range(3):
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-      try:
-        text = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        break
-  return text
-
-
-def _lines(error: BaseException) -> list[str]:
-  return [l.strip() for l in _unquote(str(error).strip()).splitlines()
-          if l.strip()]
-
-
-def one_line(error: BaseException) -> str:
-  """The informative line of an error message, without exception prefixes.
-
-  Args:
-    error: any exception.
-
-  Returns:
-    Its last non-empty message line.
-  """
-  lines = _lines(error)
-  line = lines[-1] if lines else type(error).__name__
-  return re.sub(r"^(\w+(Error|Exception): )+", "", line)
+from lfr_jax import text
 
 
 def unknown_field(error: BaseException, argv: list[str]) -> str:
@@ -64,8 +35,8 @@ def unknown_field(error: BaseException, argv: list[str]) -> str:
   Returns:
     The message.
   """
-  lines = _lines(error)
-  key = _unquote(lines[0]) if lines else ""
+  lines = text.lines(error)
+  key = text.unquote(lines[0]) if lines else ""
   hint = " ".join(lines[1:])
   flag = next((a.split("=")[0] for a in argv if a.startswith("--")
                and "config." in a and key in a.split("=")[0].split(".")),
@@ -90,7 +61,7 @@ def report(prog: str, error: BaseException, argv: list[str]) -> NoReturn:
   """Fails with the one line that describes a flag or config error."""
   if isinstance(error, (AttributeError, KeyError)):
     fail(prog, unknown_field(error, argv))
-  fail(prog, one_line(error))
+  fail(prog, text.one_line(error))
 
 
 def define_config_file(prog: str, name: str, default: str, help_text: str):
@@ -205,14 +176,14 @@ def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any] = (),
         list(config.keys())  # a config file that failed to load raises here
     except Exception as e:  # pylint: disable=broad-except
       # config_flags defers a config file that failed to load to this access.
-      fail(prog, f"--config: {one_line(e)}")
+      fail(prog, f"--config: {text.one_line(e)}")
     if quiet_logs:
       from lfr_jax import training  # pylint: disable=g-import-not-at-top
       training.quiet_library_logs()
     try:
       run(*configs)
     except user_errors as e:
-      fail(prog, one_line(e))
+      fail(prog, text.one_line(e))
 
   sys.argv = resolve_preset(sys.argv)
   app.run(body, flags_parser=flags_parser(prog))

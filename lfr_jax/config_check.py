@@ -37,11 +37,6 @@ class ConfigError(ValueError):
   """A config value is missing, of the wrong type, or invalid (one line)."""
 
 
-def one_line(e: BaseException) -> str:
-  """The informative (last) line of an error message."""
-  return text.one_line(e)
-
-
 def is_number(v) -> bool:
   """A real number that is not a bool (numpy scalars included)."""
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -128,7 +123,7 @@ def _check_method(config) -> None:
     try:
       objectives.check_settings(method, settings)
     except ValueError as e:
-      raise ConfigError(f"{prefix}{one_line(e)}") from None
+      raise ConfigError(f"{prefix}{text.one_line(e)}") from None
 
 
 def _check_data(config) -> None:
@@ -136,7 +131,7 @@ def _check_data(config) -> None:
   try:
     data.check_settings(d)
   except data.DataError as e:
-    raise ConfigError(f"config.{one_line(e)}") from None
+    raise ConfigError(f"config.{text.one_line(e)}") from None
   check_choice("data.source", d.source, data.SOURCES)
   check_choice("data.augment", d.augment, data.AUGMENTATIONS)
   check_integer("data.image_size", d.image_size, lo=0)
@@ -221,7 +216,7 @@ def validate(config) -> None:
   except ConfigError:
     raise
   except (AttributeError, KeyError, TypeError) as e:
-    raise ConfigError(f"malformed config: {one_line(e)}") from None
+    raise ConfigError(f"malformed config: {text.one_line(e)}") from None
 
 
 def num_mesh_devices(config) -> int:
@@ -272,7 +267,7 @@ def validate_runtime(config) -> None:
     out = jax.eval_shape(logits_shape)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"model {name!r} with settings {kwargs} does not build "
-                      f"for {config.data.name} images {shape}: {one_line(e)}"
+                      f"for {config.data.name} images {shape}: {text.one_line(e)}"
                       ) from None
   if out.shape != (2, info.num_classes):
     raise ConfigError(f"model {name!r} gives {out.shape[-1]} logits but "

@@ -17,7 +17,8 @@ import re
 from typing import Sequence
 
 
-def _unquote(text: str) -> str:
+def unquote(text: str) -> str:
+  """``text`` without the repr quotes ml_collections nests around KeyError messages."""
   # config_flags nests reprs of KeyError messages ("'\\'lrr\\'\\nDid you ...'").
   for _ in range(3):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -30,7 +31,7 @@ def _unquote(text: str) -> str:
 
 def lines(error: BaseException) -> list[str]:
   """The non-empty, stripped lines of an error's message."""
-  return [l.strip() for l in _unquote(str(error).strip()).splitlines()
+  return [l.strip() for l in unquote(str(error).strip()).splitlines()
           if l.strip()]
 
 

@@ -39,6 +39,7 @@ from lfr_jax import models
 from lfr_jax import objectives
 from lfr_jax import sharding
 from lfr_jax import steps
+from lfr_jax import text
 from lfr_jax import train_state
 from lfr_jax import workdir as workdir_lib
 
@@ -137,7 +138,7 @@ def init_distributed(config) -> None:
   except (ValueError, RuntimeError) as e:
     # Typically a single machine with no cluster to detect.
     raise config_check.ConfigError(
-        f"jax.distributed.initialize failed ({config_check.one_line(e)}); set "
+        f"jax.distributed.initialize failed ({text.one_line(e)}); set "
         f"config.distributed.coordinator_address/num_processes/process_id, or "
         f"--config.distributed.enabled=False on one host.") from e
 
@@ -185,7 +186,7 @@ class _Run:
       self.objective = objectives.build(
           config.method, **objectives.settings_from_config(config))
     except ValueError as e:  # config_check.validate has checked the settings
-      raise config_check.ConfigError(config_check.one_line(e)) from None
+      raise config_check.ConfigError(text.one_line(e)) from None
     root = jax.random.key(config.seed)
     net = models.create(config.model.name, jax.random.fold_in(root, 0),
                         **models.kwargs_from_config(config.model))
@@ -401,7 +402,7 @@ class _Run:
         # Damaged files (see Checkpoints.restore_intact): test the final state.
         self.log("the best checkpoint in %s does not restore (%s); testing "
                  "the final state instead.", self.workdir / workdir_lib.BEST,
-                 config_check.one_line(e), level=logging.WARNING)
+                 text.one_line(e), level=logging.WARNING)
         restored = None
       if restored is not None:
         state, which = restored[0], f"best (step {restored[1]['step']})"
@@ -460,14 +461,14 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   config_check.validate_runtime(config)
   run = _Run(config, workdir)
   run.prepare()
-  logging.info("%s on %s (%s, %d train / %d validation / %d test), %s, "
-               "%d devices, %d steps of batch %d", config.method,
-               config.data.name, run.dataset.source, len(run.dataset.train),
-               len(run.dataset.validation), len(run.dataset.test),
-               config.model.name, run.mesh.size, run.total_steps,
-               config.data.batch_size)
   try:
     run.open_workdir()
+    logging.info("%s on %s (%s, %d train / %d validation / %d test), %s, "
+                 "%d devices, %d steps of batch %d", config.method,
+                 config.data.name, run.dataset.source, len(run.dataset.train),
+                 len(run.dataset.validation), len(run.dataset.test),
+                 config.model.name, run.mesh.size, run.total_steps,
+                 config.data.batch_size)
     completed = run.train()
     step = int(jax.device_get(run.state.step))
     summary = {"method": config.method, "model": config.model.name,

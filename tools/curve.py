@@ -203,37 +203,36 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
   drift of the machine's speed hits every row alike.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lfr_jax import config_check  # pylint: disable=g-import-not-at-top
   from lfr_jax import models  # pylint: disable=g-import-not-at-top
   from lfr_jax import objectives  # pylint: disable=g-import-not-at-top
-  from lfr_jax import training  # pylint: disable=g-import-not-at-top
-  mesh = training.make_mesh(1)
-  steps = {}
+  from lfr_jax import sharding  # pylint: disable=g-import-not-at-top
+  from lfr_jax import steps  # pylint: disable=g-import-not-at-top
+  from lfr_jax import train_state  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(1)
+  timed = {}
   for row in rows:
     config = __import__(f"configs.{row.preset}",
                         fromlist=["get_config"]).get_config("curve")
     net = models.create(config.model.name, jax.random.key(0),
-                        **config_check.model_kwargs(config))
-    tx, lr_fn = training.make_optimizer(config.optim, 429)
-    step = training.make_train_step(
+                        **models.kwargs_from_config(config.model))
+    tx, lr_fn = train_state.make_optimizer(config.optim, 429)
+    step = steps.make_train_step(
         objectives.build(config.method,
-                         **config_check.objective_settings(config)),
-        net.graphdef, tx, lr_fn, training.eps_schedule(config.inner, 429),
+                         **objectives.settings_from_config(config)),
+        net.graphdef, tx, lr_fn, train_state.eps_schedule(config.inner, 429),
         mesh)
-    state = jax.device_put(training.create_train_state(
-        net, tx, jax.random.key(1)), NamedSharding(mesh, P()))
+    state = jax.device_put(train_state.create_train_state(
+        net, tx, jax.random.key(1)), sharding.replicated(mesh))
     key = jax.random.key(2)
     batch = jax.device_put(
         (jax.random.uniform(key, (config.data.batch_size, 28, 28, 1)),
          jax.random.randint(key, (config.data.batch_size,), 0, 10)),
-        NamedSharding(mesh, P("data")))
+        sharding.batch(mesh))
     state, metrics = step(state, *batch)  # compile
     jax.block_until_ready(metrics)
-    steps[row.name] = [step, state, batch, []]
+    timed[row.name] = [step, state, batch, []]
   for _ in range(rounds):
-    for name, entry in steps.items():
+    for name, entry in timed.items():
       step, state, batch, times = entry
       for _ in range(repeats):
         start = time.perf_counter()
@@ -243,7 +242,7 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
       entry[1] = state
   return {name: {"median_s": statistics.median(times), "min_s": min(times),
                  "steps_timed": len(times)}
-          for name, (_, _, _, times) in steps.items()}
+          for name, (_, _, _, times) in timed.items()}
 
 
 def stage_bench(root: str, rows, dry_run: bool) -> None:

@@ -170,6 +170,7 @@ def run(config, eval_config) -> dict:
   """
   from lfr_jax import plots  # pylint: disable=g-import-not-at-top
   from lfr_jax import training  # pylint: disable=g-import-not-at-top
+  from lfr_jax import workdir  # pylint: disable=g-import-not-at-top
   lams = parse_lams(_LAMS.value)
   settings = eval_settings(eval_config, _ATTACKS.value)
   configs = [lam_config(config, lam) for lam in lams]
@@ -177,7 +178,7 @@ def run(config, eval_config) -> dict:
   if os.path.exists(root) and not os.path.isdir(root):
     raise config_check.ConfigError(f"--workdir {root} is a file, not a folder.")
   for lam in lams:
-    training.check_workdir(lam_workdir(root, lam))
+    workdir.check(lam_workdir(root, lam))
   runs, final_checkpoints = [], []
   for lam, lam_training_config in zip(lams, configs):
     workdir = lam_workdir(root, lam)

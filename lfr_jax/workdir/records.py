@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from absl import logging
@@ -25,23 +24,40 @@ from lfr_jax.workdir import layout
 class MetricWriter:
   """Writes metrics to ``metrics.jsonl`` and TensorBoard (process 0 only).
 
-  TensorBoard events need tensorboardX; without it (e.g. on an accelerator
-  machine with no package registry) the writer says so once and keeps to
-  ``metrics.jsonl``, the record every tool of this package reads.
+  TensorBoard events need tensorboardX (and, for a ``gs://`` workdir,
+  google-cloud-storage); without them (e.g. on an accelerator machine with no
+  package registry) the writer says so once and keeps to ``metrics.jsonl``,
+  the record every tool of this package reads.
   """
 
   def __init__(self, path, enabled: bool):
     self.enabled = enabled
     self.path = layout.resolve(path) / layout.METRICS
-    self._tb = None
-    if enabled:
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      except ImportError:
-        logging.warning("tensorboardX is not installed: metrics go to "
-                        "metrics.jsonl only (pip install tensorboardX).")
-      else:
-        self._tb = SummaryWriter(os.fspath(layout.resolve(path) / layout.TENSORBOARD))
+    self._tb = self._tensorboard(layout.resolve(path) / layout.TENSORBOARD
+                                 ) if enabled else None
+
+  @staticmethod
+  def _tensorboard(folder):
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.warning("tensorboardX is not installed: metrics go to "
+                      "metrics.jsonl only (pip install tensorboardX).")
+      return None
+    url = str(folder)
+    # tensorboardX writes gs:// and s3:// itself, through optional packages,
+    # and fails only at the first event: check up front.
+    remote_ok = {"gs": getattr(record_writer, "GCS_ENABLED", False),
+                 "s3": getattr(record_writer, "S3_ENABLED", False)}
+    scheme = url.split("://", 1)[0] if layout.is_uri(url) else ""
+    if scheme and not remote_ok.get(scheme, False):
+      logging.warning("TensorBoard events cannot be written to %s:// here "
+                      "(tensorboardX needs %s): metrics go to metrics.jsonl "
+                      "only.", scheme, "google-cloud-storage" if scheme == "gs"
+                      else "boto3" if scheme == "s3" else "a backend")
+      return None
+    return SummaryWriter(url)
 
   def write(self, split: str, step: int, epoch: float,
             metrics: dict[str, float]) -> None:
