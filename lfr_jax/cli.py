@@ -8,9 +8,9 @@ stderr and exit status 2, before anything is written.
 Example::
 
     from lfr_jax import cli
-    cli.unknown_field(KeyError("'lrr'\nDid you mean \"lr\"?"),
-                      ["train.py", "--config.optim.lrr=0.1"])
-    # '--config.optim.lrr: no such config field. Did you mean "lr"?'
+    hint = "'lrr'" + chr(10) + "Did you mean 'lr'?"
+    cli.unknown_field(KeyError(hint), ["train.py", "--config.optim.lrr=0.1"])
+    # "--config.optim.lrr: no such config field. Did you mean 'lr'?"
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ import os
 import pickle
 from typing import Any, Callable, Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -378,7 +379,12 @@ def from_torch(name: str, state_dict: Mapping[str, Any],
                                        var.get_value().dtype)))
         for path, var in nnx.to_flat_state(collection)])
 
-  return net.replace(params=fill(net.params), state=fill(net.state))
+  imported = net.replace(params=fill(net.params), state=fill(net.state))
+  # The import must give the model exactly its own pytree: same leaves,
+  # shapes and dtypes as the freshly built (abstract) network.
+  chex.assert_trees_all_equal_shapes_and_dtypes(imported.params, net.params)
+  chex.assert_trees_all_equal_shapes_and_dtypes(imported.state, net.state)
+  return imported
 
 
 def export_torch_state_dict(net: models.Network,

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -415,3 +416,94 @@ def test_bad_batches_raise():
 def test_layers_dropout_requires_key():
   with pytest.raises(ValueError, match="dropout_key"):
     layers.dropout(jnp.ones((2, 3)), 0.5, None, True)
+
+
+# --- every regularizer, eagerly and under jit (chex variants) --------------------
+
+
+def _reference_ce(logits, y):
+  return jax.scipy.special.logsumexp(logits, axis=1) - logits[jnp.arange(N), y]
+
+
+class RegularizerVariantsTest(chex.TestCase):
+  """Each regularizer's value against a reference written here, with and without jit."""
+
+  def setUp(self):
+    super().setUp()
+    self.logits_fn = functools.partial(tiny_conv_logits,
+                                       tiny_conv_params(jax.random.key(0)))
+    self.x, self.y = batch(jax.random.key(1))
+    self.key = jax.random.key(2)
+
+  def _input_gradient(self, z):
+    return jax.grad(lambda v: _reference_ce(self.logits_fn(v), self.y).sum())(z)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_input_gradient_norm(self):
+    run = self.variant(functools.partial(regularizers.input_gradient_norm,
+                                         self.logits_fn, norm="l2"))
+    value = run(self.x, self.y)
+    chex.assert_shape(value, (N,))
+    want = jnp.sqrt((self._input_gradient(self.x) ** 2).reshape(N, -1).sum(1))
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_local_flatness_is_the_gradient_norm_at_its_worst_point(self):
+    eps = 0.1
+    run = self.variant(functools.partial(
+        regularizers.local_flatness, self.logits_fn, eps=eps, step_size=0.02,
+        num_steps=3))
+    value, x_worst = run(self.x, self.y, self.key)
+    chex.assert_shape(value, (N,))
+    chex.assert_equal_shape([x_worst, self.x])
+    chex.assert_trees_all_close(
+        value, jnp.abs(self._input_gradient(x_worst)).reshape(N, -1).sum(1),
+        rtol=1e-5)
+    assert float(jnp.abs(x_worst - self.x).max()) <= eps + 1e-6
+    assert float(x_worst.min()) >= 0.0 and float(x_worst.max()) <= 1.0
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_local_linearity_is_the_gap_at_its_delta(self):
+    run = self.variant(functools.partial(
+        regularizers.local_linearity, self.logits_fn, eps=0.1, step_size=0.05,
+        num_steps=3))
+    gamma, first_order = run(self.x, self.y, self.key)
+    chex.assert_shape([gamma, first_order], (N,))
+    assert bool(jnp.all(gamma >= 0)) and bool(jnp.all(first_order >= 0))
+    # Both terms at the same delta: recover it from the ascent, then check
+    # |l(x+d) - l(x) - d^T g| and |d^T g| written out here.
+    delta = regularizers.linearity_ascent(self.logits_fn, self.x, self.y,
+                                          self.key, eps=0.1, step_size=0.05,
+                                          num_steps=3, unroll=True)
+    g = self._input_gradient(self.x)
+    dot = (delta * g).reshape(N, -1).sum(1)
+    gap = (_reference_ce(self.logits_fn(self.x + delta), self.y)
+           - _reference_ce(self.logits_fn(self.x), self.y) - dot)
+    np.testing.assert_allclose(gamma, jnp.abs(gap), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(first_order, jnp.abs(dot), rtol=1e-4, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_trades_kl_is_the_kl_at_its_adversarial_point(self):
+    run = self.variant(functools.partial(
+        regularizers.trades_kl, self.logits_fn, eps=0.1, step_size=0.02,
+        num_steps=3))
+    kl, x_adv = run(self.x, self.key)
+    chex.assert_shape(kl, (N,))
+    p = jax.nn.log_softmax(self.logits_fn(self.x))
+    q = jax.nn.log_softmax(self.logits_fn(x_adv))
+    np.testing.assert_allclose(kl, (jnp.exp(p) * (p - q)).sum(1), rtol=1e-4,
+                               atol=1e-7)
+    assert float(jnp.abs(x_adv - self.x).max()) <= 0.1 + 1e-6
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_decision_jacobian_norm_on_a_linear_model(self):
+    w = jax.random.normal(jax.random.key(3), (H * W * C, CLASSES))
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
+    run = self.variant(functools.partial(regularizers.decision_jacobian_norm,
+                                         logits_fn, norm="l1"))
+    value = run(self.x, self.y)
+    logits = logits_fn(self.x)
+    others = jnp.where(jax.nn.one_hot(self.y, CLASSES) > 0, -jnp.inf, logits)
+    runner_up = jnp.argmax(others, axis=1)
+    want = jnp.abs(w[:, self.y] - w[:, runner_up]).sum(0)  # closed form
+    np.testing.assert_allclose(value, want, rtol=1e-5)

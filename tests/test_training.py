@@ -6,14 +6,18 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lfr_jax import config_check
+from lfr_jax import data
 from lfr_jax import models
 from lfr_jax import objectives
+from lfr_jax import sharding
+from lfr_jax import steps
 from lfr_jax import train_state
 from lfr_jax import training
 from lfr_jax import workdir as workdir_lib
@@ -447,3 +451,27 @@ def test_gpu_full_protocol_script_refuses_a_cpu(tmp_path):
                         text=True, timeout=300)
   assert proc.returncode == 2
   assert "no accelerator visible to JAX" in proc.stderr
+
+
+def test_the_jitted_train_step_traces_once():
+  """New batches, keys and a warming eps must not retrace the step (chex)."""
+  config = smoke("mnist_lfr")
+  config.inner.warmup_epochs = 1.0  # eps changes every step
+  net = models.create("small_cnn", jax.random.key(0))
+  tx, lr = train_state.make_optimizer(config.optim, steps_per_epoch=4)
+  objective = chex.assert_max_traces(
+      objectives.build("lfr", **objectives.settings_from_config(config)), n=1)
+  step = steps.make_train_step(objective, net.graphdef, tx, lr,
+                               train_state.eps_schedule(config.inner, 4),
+                               sharding.make_mesh(1), steps_per_epoch=4)
+  mesh = sharding.make_mesh(1)
+  state = jax.device_put(
+      train_state.create_train_state(net, tx, jax.random.key(1)),
+      sharding.replicated(mesh))
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    x, y = data.to_global(sharding.batch(mesh),
+                          rng.random((8, 28, 28, 1), np.float32),
+                          rng.integers(0, 10, 8).astype(np.int32))
+    state, metrics = step(state, x, y)
+  assert int(state.step) == 3 and float(metrics["eps"]) > 0
