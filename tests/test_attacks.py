@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lfr_jax import attacks, losses
+from lfr_jax.attacks import chain
 
 # ---------------------------------------------------------------- helpers --
 
@@ -240,7 +241,8 @@ def test_apgd_checkpoints_match_paper_formula():
 
 
 def test_bucket_sizes():
-  assert [attacks._bucket(m, 200) for m in (1, 2, 3, 5, 64, 65, 150, 200)] == \
+  assert [chain.padded_batch_size(m, 200)
+          for m in (1, 2, 3, 5, 64, 65, 150, 200)] == \
       [1, 2, 4, 8, 64, 128, 200, 200]
 
 
