@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lfr_jax import attacks, losses
+from lfr_jax.attacks import chain
 
 # ---------------------------------------------------------------- helpers --
 
@@ -87,6 +88,10 @@ CASES = {
         tiny_logits, x, y, k, eps=e, num_steps=5, num_targets=2)),
     "apgd_targeted-l2": ("l2", lambda x, y, k, e: attacks.apgd_targeted(
         tiny_logits, x, y, k, eps=e, num_steps=5, num_targets=1, norm="l2")),
+    "random_search": ("linf", lambda x, y, k, e: attacks.random_search(
+        tiny_logits, x, y, k, eps=e, num_steps=6)["x_adv"]),
+    "pgd_loss_trace": ("linf", lambda x, y, k, e: attacks.pgd_loss_trace(
+        tiny_logits, x, y, k, eps=e, step_size=0.1, num_steps=3)["x_adv"]),
 }
 _JITTED = {name: jax.jit(fn) for name, (_, fn) in CASES.items()}
 
@@ -240,7 +245,8 @@ def test_apgd_checkpoints_match_paper_formula():
 
 
 def test_bucket_sizes():
-  assert [attacks._bucket(m, 200) for m in (1, 2, 3, 5, 64, 65, 150, 200)] == \
+  assert [chain.padded_batch_size(m, 200)
+          for m in (1, 2, 3, 5, 64, 65, 150, 200)] == \
       [1, 2, 4, 8, 64, 128, 200, 200]
 
 
@@ -555,3 +561,126 @@ def test_random_search_stays_in_the_ball_and_lowers_the_margin():
   start = attacks.random_search(logits_fn, x, y, jax.random.key(2),
                                    eps=0.1, num_steps=0)["decision"]
   assert bool(jnp.all(out["decision"] <= start))
+
+
+# ------------------------------------- random search and the loss trace --
+
+
+def reference_decision(logits, y):
+  """z_y - max_{i != y} z_i in float64, written out."""
+  z = np.asarray(logits, np.float64)
+  y = np.asarray(y)
+  own = z[np.arange(len(y)), y]
+  others = z.copy()
+  others[np.arange(len(y)), y] = -np.inf
+  return own - others.max(axis=1)
+
+
+def reference_ce(logits, y):
+  """Per-example cross-entropy in float64, written out."""
+  z = np.asarray(logits, np.float64)
+  top = z.max(axis=1, keepdims=True)
+  log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+  return log_norm - z[np.arange(len(y)), np.asarray(y)]
+
+
+def random_linear_problem(seed, n=32):
+  """An undefended random linear 784 -> 10 model, labels its own predictions."""
+  w = jax.random.normal(jax.random.key(seed), (784, 10)) * 0.1
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(seed + 100), (n, 28, 28, 1))
+  return logits_fn, x, jnp.argmax(logits_fn(x), axis=1)
+
+
+def test_random_search_first_query_is_vertical_stripes():
+  """With no query after the first, the point is Square Attack's start: each
+  column of each channel moved by +eps or -eps, the same down the column."""
+  logits_fn, _, _ = random_linear_problem(0, n=4)
+  eps = 0.1
+  # Interior pixels, so clipping to [0, 1] never shortens a stripe.
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1), minval=0.3,
+                         maxval=0.7)
+  y = jnp.arange(4)
+  out = attacks.random_search(logits_fn, x, y, jax.random.key(2), eps=eps,
+                              num_steps=0)
+  delta = np.asarray(out["x_adv"] - x)
+  np.testing.assert_allclose(np.abs(delta), eps, atol=1e-6)
+  np.testing.assert_allclose(delta, np.broadcast_to(delta[:, :1], delta.shape),
+                             atol=1e-6)
+  assert (delta > 0).any() and (delta < 0).any()
+  np.testing.assert_allclose(
+      out["decision"], reference_decision(logits_fn(out["x_adv"]), y),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_random_search_breaks_an_undefended_linear_model_at_a_large_eps():
+  logits_fn, x, y = random_linear_problem(0)
+  run = jax.jit(functools.partial(attacks.random_search, logits_fn,
+                                  num_steps=100))
+  out = run(x, y, jax.random.key(3), eps=0.3)
+  assert_in_ball(out["x_adv"], x, 0.3, "linf")
+  fooled = np.asarray(jnp.argmax(logits_fn(out["x_adv"]), 1) != y)
+  assert fooled.mean() >= 0.9
+  decision = reference_decision(logits_fn(out["x_adv"]), y)
+  np.testing.assert_allclose(out["decision"], decision, rtol=1e-5, atol=1e-5)
+  # A point counts as broken exactly where its decision value is negative.
+  np.testing.assert_array_equal(fooled[decision != 0], decision[decision != 0]
+                                < 0)
+
+
+def test_random_search_more_queries_are_at_least_as_strong():
+  logits_fn, x, y = random_linear_problem(1)
+  eps = 0.02  # small enough that few queries leave most points correct
+  key = jax.random.key(4)
+
+  def attacked(num_steps):
+    out = attacks.random_search(logits_fn, x, y, key, eps=eps,
+                                num_steps=num_steps)
+    decision = reference_decision(logits_fn(out["x_adv"]), y)
+    return decision, float(np.mean(decision < 0))
+
+  few, few_fooled = attacked(10)
+  many, many_fooled = attacked(300)
+  assert many_fooled >= few_fooled + 0.2
+  assert many.mean() < few.mean()
+
+
+def reference_sign_pgd_iterates(logits_fn, x, y, start, eps, step_size,
+                                num_steps):
+  """Sign ascent of the CE from ``start``, clipped to the eps-box around x
+  and to [0, 1] after every step; all iterates, the start first."""
+  def total_ce(z):
+    logits = logits_fn(z)
+    logp = logits - jax.scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    return -jnp.take_along_axis(logp, y[:, None], axis=1).sum()
+
+  iterates = [start]
+  for _ in range(num_steps):
+    z = iterates[-1] + step_size * jnp.sign(jax.grad(total_ce)(iterates[-1]))
+    iterates.append(jnp.clip(jnp.minimum(jnp.maximum(z, x - eps), x + eps),
+                             0.0, 1.0))
+  return iterates
+
+
+def test_pgd_loss_trace_rows_are_the_ce_of_a_reference_sign_pgd():
+  x, y = tiny_batch(5)
+  key = jax.random.key(6)
+  eps, step_size, num_steps = 0.2, 0.05, 6
+  start = attacks.pgd_loss_trace(tiny_logits, x, y, key, eps=eps,
+                                 step_size=step_size, num_steps=0)
+  assert start["loss"].shape == (1, x.shape[0])
+  assert_in_ball(start["x_adv"], x, eps, "linf")
+  assert float(jnp.abs(start["x_adv"] - x).max()) > 0  # a random start
+  out = jax.jit(functools.partial(
+      attacks.pgd_loss_trace, tiny_logits, num_steps=num_steps))(
+          x, y, key, eps=eps, step_size=step_size)
+  iterates = reference_sign_pgd_iterates(tiny_logits, x, y, start["x_adv"],
+                                         eps, step_size, num_steps)
+  np.testing.assert_allclose(out["x_adv"], iterates[-1], atol=1e-6)
+  assert out["loss"].shape == (num_steps + 1, x.shape[0])
+  want = np.stack([reference_ce(tiny_logits(z), y) for z in iterates])
+  np.testing.assert_allclose(out["loss"], want, rtol=1e-5, atol=1e-5)
+  # The last row is the CE at the returned point.
+  np.testing.assert_allclose(out["loss"][-1],
+                             reference_ce(tiny_logits(out["x_adv"]), y),
+                             rtol=1e-5, atol=1e-5)

@@ -158,4 +158,4 @@ class DSCifarConvNet(nnx.Module):
       if self.batch_norm:
         h = self.bns[i](h, bn_mode)
       h = self.act(h)
-    return self.fc(h.mean(axis=(1, 2)))
+    return layers.pooled_logits(h, self.fc)

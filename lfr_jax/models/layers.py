@@ -11,9 +11,12 @@ taken at the clean point) is a pure function of the model state:
 
 Example::
 
+    import jax.numpy as jnp
     from flax import nnx
     from lfr_jax.models import layers
     conv = layers.conv(3, 16, 3, rngs=nnx.Rngs(0))
+    fc = layers.linear(16, 10, rngs=nnx.Rngs(0))
+    logits = layers.pooled_logits(conv(jnp.zeros((2, 8, 8, 3))), fc)  # (2, 10)
 """
 
 from __future__ import annotations
@@ -149,6 +152,23 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
   return out
 
 
+def pooled_logits(features: jax.Array, classifier: nnx.Linear) -> jax.Array:
+  """Global average pooling over H and W, then the linear classifier.
+
+  Averaging over every spatial position (rather than a fixed pooling window)
+  makes the head work for any input size; on the reference input sizes it
+  equals the references' final average pool.
+
+  Args:
+    features: (N, H, W, C) activations of the last block.
+    classifier: the linear layer from C features to the logits.
+
+  Returns:
+    (N, classes) logits.
+  """
+  return classifier(features.mean(axis=(1, 2)))
+
+
 def normalize_input(x: jax.Array, mean, std) -> jax.Array:
   """Per-channel ``(x - mean) / std``, or ``x`` unchanged when both are None.
 
@@ -212,9 +232,11 @@ class BatchNorm(nnx.Module):
     if mode == "batch":
       mean = x.mean(axes)
       var = jnp.square(x - mean).mean(axes)
-      m = self.momentum
-      self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
-      self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+      momentum = self.momentum
+      self.mean[...] = (momentum * self.mean[...]
+                        + (1 - momentum) * jax.lax.stop_gradient(mean))
+      self.var[...] = (momentum * self.var[...]
+                       + (1 - momentum) * jax.lax.stop_gradient(var))
       self.snap_mean[...] = mean
       self.snap_var[...] = var
     elif mode == "running":

@@ -140,7 +140,7 @@ class ResNet(nnx.Module):
     h = layers.max_pool(self.act(self.bn1(h, bn_mode)), 3, 2, 1)
     for block in self.blocks:
       h = block(h, bn_mode)
-    return self.fc(h.mean(axis=(1, 2)))
+    return layers.pooled_logits(h, self.fc)
 
 
 class ResNet50(ResNet):

@@ -92,14 +92,14 @@ class WideResNet(nnx.Module):
     """
     if depth < 4 or (depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
-    n = (depth - 4) // 6
+    blocks_per_group = (depth - 4) // 6
     act = layers.activation(activation)
     widths = (16, 16 * width, 32 * width, 64 * width)
     self.conv1 = _conv(in_channels, widths[0], 3, 1, rngs=rngs)
     self.blocks = nnx.List()
     prev = widths[0]
     for group, group_stride in enumerate((1, 2, 2)):
-      for i in range(n):
+      for i in range(blocks_per_group):
         self.blocks.append(WideBasicBlock(
             prev, widths[group + 1], group_stride if i == 0 else 1, act=act,
             dropout=dropout, rngs=rngs))
@@ -132,4 +132,4 @@ class WideResNet(nnx.Module):
       h = block(h, bn_mode, train, key)
     h = self.act(self.bn(h, bn_mode))
     # Global mean = TRADES' avg_pool2d(8) on 32x32 inputs, any size otherwise.
-    return self.fc(h.mean(axis=(1, 2)))
+    return layers.pooled_logits(h, self.fc)
