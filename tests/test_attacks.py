@@ -3,6 +3,7 @@
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -684,3 +685,30 @@ def test_pgd_loss_trace_rows_are_the_ce_of_a_reference_sign_pgd():
   np.testing.assert_allclose(out["loss"][-1],
                              reference_ce(tiny_logits(out["x_adv"]), y),
                              rtol=1e-5, atol=1e-5)
+
+
+# --- the attacks on the closed-form problem, eagerly and under jit (chex) -------
+
+
+class ClosedFormVariantsTest(chex.TestCase):
+  """On a linear model the l_inf optimum is x + eps sign(w_wrong - w_y), clipped."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_linf_attacks_reach_the_vertex(self):
+    logits_fn, x, y, direction = linear_problem(3, y=(0, 0, 0, 0),
+                                                bias=(1000.0, 0.0))
+    eps = 0.1
+    want = jnp.clip(x + eps * jnp.sign(direction), 0.0, 1.0)
+    runs = {
+        "fgsm": functools.partial(attacks.fgsm, logits_fn, eps=eps,
+                                  loss="margin"),
+        "pgd": functools.partial(attacks.pgd, logits_fn, eps=eps,
+                                 step_size=0.05, num_steps=10, loss="margin"),
+        "apgd": functools.partial(attacks.apgd, logits_fn, eps=eps,
+                                  num_steps=10, loss="margin"),
+    }
+    for name, run in runs.items():
+      x_adv = self.variant(run)(x, y, jax.random.key(0))
+      chex.assert_equal_shape([x_adv, x])
+      chex.assert_trees_all_close(x_adv, want, atol=1e-6,
+                                  custom_message=name)

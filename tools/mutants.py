@@ -73,9 +73,9 @@ MUTANTS: tuple[Mutant, ...] = (
            (_OBJ + "test_lfr_penalty_is_taken_at_the_worst_point",
             _VALUE + "[lfr]"),
            "LFR's penalty taken at the clean x, not x_worst"),
-    Mutant("apgd_no_halving", "lfr_jax/attacks.py",
-           "step=jnp.where(halve, 0.5 * s.step, s.step),",
-           "step=s.step,",
+    Mutant("apgd_no_halving", "lfr_jax/attacks/auto_pgd.py",
+           "step=jnp.where(halve, 0.5 * state.step, state.step),",
+           "step=state.step,",
            (_ATT + "test_apgd_step_halving_reaches_an_interior_optimum",),
            "APGD without its step-size halving"),
     Mutant("inner_dropout_on", "lfr_jax/objectives.py",
@@ -101,7 +101,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "return jnp.clip(x_adv, 0.0, 1.0)",
            (_LFR_BINDING,),
            "regularizers' projection forgets the eps-ball"),
-    Mutant("attack_projection_no_box", "lfr_jax/attacks.py",
+    Mutant("attack_projection_no_box", "lfr_jax/attacks/common.py",
            "return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)",
            "return jnp.clip(x_adv, x - eps, x + eps)",
            (_ATT + "test_pgd_linf_reaches_closed_form_optimum[ce]",),
@@ -112,7 +112,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "return jnp.square(flat).sum(axis=1)",
            (_REG + "test_per_example_norms", _VALUE + "[gradient_norm]"),
            "the l1 penalty norm squares instead"),
-    Mutant("attack_l2_norm_is_l1", "lfr_jax/attacks.py",
+    Mutant("attack_l2_norm_is_l1", "lfr_jax/attacks/common.py",
            "return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), "
            "axis=1))",
            "return jnp.sum(jnp.abs(v.reshape(v.shape[0], -1)), axis=1)",
@@ -145,11 +145,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "dropout_key=k_clean)",
            (_VALUE + "[gradient_norm]",),
            "outer terms reuse the clean forward's dropout mask"),
-    Mutant("pgd_restarts_ignore_key", "lfr_jax/attacks.py",
-           "                     _no_worst_yet(x), jax.random.split(key, "
-           "restarts),",
-           "                     _no_worst_yet(x), jax.random.split("
-           "jax.random.key(0), restarts),",
+    Mutant("pgd_restarts_ignore_key", "lfr_jax/attacks/gradient_sign.py",
+           "      common.no_worst_yet(x), jax.random.split(key, restarts), "
+           "restarts)",
+           "      common.no_worst_yet(x), jax.random.split(jax.random.key(0), "
+           "restarts), restarts)",
            (_ATT + "test_pgd_restarts_keep_per_example_worst",),
            "PGD restarts draw their starts from a fixed key"),
     # Losses and inner points.
@@ -191,7 +191,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_models.py::test_batchnorm_layer_statistics_by_hand",),
            "BatchNorm's variance without centring"),
     # DDN's budget.
-    Mutant("ddn_budget_reversed", "lfr_jax/attacks.py",
+    Mutant("ddn_budget_reversed", "lfr_jax/attacks/minimal_norm.py",
            "jnp.where(is_adv, 1.0 - gamma, 1.0 + gamma)",
            "jnp.where(is_adv, 1.0 + gamma, 1.0 - gamma)",
            (_ATT + "test_ddn_finds_the_closed_form_minimal_l2_distance",),
