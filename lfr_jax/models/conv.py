@@ -63,7 +63,12 @@ def _hashable_dn(dimension_numbers):
 def _conv_ops(x_aval, w_aval, strides, padding, lhs_dilation, rhs_dilation,
               dimension_numbers, feature_group_count, precision,
               preferred_element_type):
-  """Builds the closed set {fwd, input_t, weight_t} for one conv shape."""
+  """Builds the closed set {fwd, input_t, weight_t} for one conv shape.
+
+  One function on purpose (longer than the others): the three custom_vjp
+  functions refer to each other in their backward rules, so they are defined
+  together as closures over the same shapes and settings.
+  """
 
   def raw(x, w):
     return lax.conv_general_dilated(
