@@ -49,6 +49,7 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import workdir as workdir_lib
 
 PROG = "evaluate.py"
 # Dataset of a PyTorch checkpoint evaluated without a workdir, by model.
@@ -218,10 +219,11 @@ def out_dir(request: Request) -> str:
   if request.out:
     path = os.path.abspath(os.path.expanduser(request.out))
   elif request.workdirs:
-    path = os.path.join(os.path.abspath(request.workdirs[0]), "eval")
+    path = os.path.join(os.path.abspath(request.workdirs[0]), workdir_lib.EVAL)
   else:
     path = os.path.join(
-        os.path.dirname(os.path.abspath(request.torch_files[0])), "eval")
+        os.path.dirname(os.path.abspath(request.torch_files[0])),
+        workdir_lib.EVAL)
   if os.path.exists(path) and not os.path.isdir(path):
     raise evaluation.EvalError(f"--out {path} is a file, not a folder.")
   return path
@@ -229,13 +231,12 @@ def out_dir(request: Request) -> str:
 
 def run(config, request: Request) -> None:
   """Evaluates the request's checkpoints with ``config.eval``; writes the report."""
-  cfg = config.eval
-  evaluation.validate_settings(cfg)
+  settings = evaluation.from_config(config.eval)
   check_inputs(request)
   folder = out_dir(request)
   models, data_cfg = load_models(request)
-  x, y, info = evaluation.load_test_data(data_cfg, int(cfg.num_examples))
-  report = evaluation.evaluate(models, x, y, cfg,
+  x, y, info = evaluation.load_test_data(data_cfg, settings.num_examples)
+  report = evaluation.evaluate(models, x, y, settings,
                                figures_dir=os.path.join(folder, "figures"),
                                data_info=info)
   paths = evaluation.write_report(report, folder)
