@@ -359,3 +359,45 @@ def test_geometry_figures_and_numbers(mnist, params, tmp_path):
   # A linear model: constant Jacobian, zero Hessian.
   assert g["jacobian_l1_mean"] > 0 and g["hessian_top_abs_mean"] == 0.0
   assert "## Geometry" in evaluation.to_markdown(report)
+
+
+# --------------------------------------------------------------- test data --
+
+
+def _linked_mnist(mnist_dir, folder):
+  """A second MNIST folder: links to the four IDX files."""
+  folder.mkdir()
+  for name in os.listdir(mnist_dir):
+    if name.endswith(".gz"):
+      os.symlink(os.path.join(mnist_dir, name), folder / name)
+  return str(folder)
+
+
+@pytest.mark.mnist
+def test_test_data_is_read_from_the_recorded_folder(mnist_dir, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.delenv("LFR_DATA_DIR", raising=False)
+  recorded = _linked_mnist(mnist_dir, tmp_path / "recorded")
+  data_cfg = {"name": "mnist", "source": "idx", "dir": recorded}
+  x, y, info = evaluation.load_test_data(data_cfg, 8)
+  assert x.shape == (8, 28, 28, 1) and y.shape == (8,)
+  assert (info["source"], info["dir"]) == ("idx", recorded)
+  line = evaluation.data_line(info, 8)
+  assert line == (f"test data: mnist test split, idx from {recorded}, 8 of "
+                  f"10000 images")
+  # A folder given explicitly wins over the recorded one.
+  other = _linked_mnist(mnist_dir, tmp_path / "other")
+  _, _, info = evaluation.load_test_data(data_cfg, 8, data_dir=other)
+  assert info["dir"] == other
+
+
+@pytest.mark.mnist
+def test_a_recorded_folder_missing_here_falls_back_to_the_default(
+    mnist_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("LFR_DATA_DIR", mnist_dir)
+  data_cfg = {"name": "mnist", "source": "idx",
+              "dir": str(tmp_path / "moved_away")}
+  x_rec, _, info = evaluation.load_test_data(data_cfg, 8)
+  assert info["dir"] == os.path.abspath(mnist_dir)
+  x_default, _, _ = evaluation.load_test_data({"name": "mnist"}, 8)
+  np.testing.assert_array_equal(x_rec, x_default)

@@ -62,6 +62,7 @@ from lfr_jax.evaluation.geometry_report import compute_geometry
 from lfr_jax.evaluation.geometry_report import draw_geometry
 from lfr_jax.evaluation.geometry_report import flatness_step
 from lfr_jax.evaluation.geometry_report import geometry_outputs
+from lfr_jax.evaluation.loading import data_line
 from lfr_jax.evaluation.loading import load_run
 from lfr_jax.evaluation.loading import load_run_config
 from lfr_jax.evaluation.loading import load_test_data
@@ -118,5 +119,5 @@ __all__ = [
     "LINF_COLUMNS", "CHECKS", "PAPER_STEP_COUNTS", "build_check_attacks",
     "run_check_attacks", "compute_geometry", "draw_geometry", "GeometryData",
     "flatness_step", "geometry_table", "reduced_settings",
-    "worst_description", "resolve_checkpoint",
+    "worst_description", "resolve_checkpoint", "data_line",
 ]

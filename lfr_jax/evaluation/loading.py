@@ -2,13 +2,18 @@
 
 A workdir's layout is :mod:`lfr_jax.workdir`'s (``config.json``, ``checkpoints/``,
 ``best_checkpoint/``); every workdir path goes through ``etils.epath``, so
-``gs://`` workdirs load too.
+``gs://`` workdirs load too. The test data is what the run read: a run's
+``config.json`` records its data source and folder (``data.source``,
+``data.dir``), and :func:`load_test_data` reads that folder when it exists
+here, else the default one (``$LFR_DATA_DIR``, then the repository's
+``data/mnist/``), or the folder given to it.
 
 Example::
 
     from lfr_jax.evaluation import loading
     x, y, info = loading.load_test_data({"name": "mnist"}, 8)
     x.shape, info["source"]                  # ((8, 28, 28, 1), 'idx')
+    loading.data_line(info, 8)    # 'test data: mnist test split, idx, ...'
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+from absl import logging
 from etils import epath
 import jax
 import numpy as np
@@ -202,22 +208,43 @@ def load_torch(path: str, model_name: str, *, label: str | None = None,
                                model_kwargs=dict(model_kwargs))
 
 
-def load_test_data(data_cfg, num_examples: int = 0
+def _test_data_config(data_cfg, data_dir: str | None) -> dict[str, Any]:
+  """The data config to read: ``data_dir``, else the recorded folder if it exists.
+
+  A run trained on another machine (or before its data moved) records a
+  folder that may not exist here; then the default resolution applies
+  (``$LFR_DATA_DIR``, then the repository's ``data/mnist/``).
+  """
+  cfg = dict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else data_cfg)
+  if data_dir:
+    cfg["dir"] = data_dir
+  elif cfg.get("dir") and not os.path.isdir(os.path.expanduser(cfg["dir"])):
+    logging.warning("the recorded data folder %s does not exist here; "
+                    "reading the default one.", cfg["dir"])
+    cfg["dir"] = ""
+  return cfg
+
+
+def load_test_data(data_cfg, num_examples: int = 0, *,
+                   data_dir: str | None = None
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """The first ``num_examples`` (0 = all) test images of a dataset.
 
   Args:
     data_cfg: a training config's ``data`` section (or a dict with "name").
     num_examples: how many; 0 = the whole test split.
+    data_dir: the MNIST IDX folder to read instead of the recorded one.
 
   Returns:
-    (x float32 (N, H, W, C) in [0, 1], y int32 (N,), description).
+    (x float32 (N, H, W, C) in [0, 1], y int32 (N,), description: dataset,
+    split, source ("idx" or "tfds"), dir (the folder read; for tfds its
+    data_dir, "" = tfds's default) and total).
 
   Raises:
     lfr_jax.data.DataError: missing or corrupt data.
   """
   from lfr_jax import data  # pylint: disable=g-import-not-at-top
-  cfg = dict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else data_cfg)
+  cfg = _test_data_config(data_cfg, data_dir)
   dataset = data.load(cfg)
   total = len(dataset.test)
   n = total if num_examples <= 0 else min(int(num_examples), total)
@@ -225,5 +252,13 @@ def load_test_data(data_cfg, num_examples: int = 0
   x = data.preprocess(images, train=False,
                       image_size=int(cfg.get("image_size") or 0))
   info = {"dataset": dataset.info.name, "split": "test",
-          "source": dataset.source, "total": total}
+          "source": dataset.source, "dir": dataset.location, "total": total}
   return np.asarray(x, np.float32), np.asarray(labels, np.int32), info
+
+
+def data_line(info: Mapping[str, Any], examples: int) -> str:
+  """One line naming the test data: dataset, source, folder, image count."""
+  folder = info.get("dir") or "tfds's default folder"
+  return (f"test data: {info.get('dataset', 'data')} "
+          f"{info.get('split', 'test')} split, {info.get('source', '?')} from "
+          f"{folder}, {examples} of {info.get('total', examples)} images")
