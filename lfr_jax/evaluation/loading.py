@@ -209,20 +209,21 @@ def load_torch(path: str, model_name: str, *, label: str | None = None,
 
 
 def _test_data_config(data_cfg, data_dir: str | None) -> dict[str, Any]:
-  """The data config to read: ``data_dir``, else the recorded folder if it exists.
+  """The data config to read: ``data_dir``, else the recorded folder if here.
 
   A run trained on another machine (or before its data moved) records a
   folder that may not exist here; then the default resolution applies
   (``$LFR_DATA_DIR``, then the repository's ``data/mnist/``).
   """
-  cfg = dict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else data_cfg)
+  out = dict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else data_cfg)
+  recorded = out.get("dir") or ""
   if data_dir:
-    cfg["dir"] = data_dir
-  elif cfg.get("dir") and not os.path.isdir(os.path.expanduser(cfg["dir"])):
+    out["dir"] = data_dir
+  elif recorded and not os.path.isdir(os.path.expanduser(recorded)):
     logging.warning("the recorded data folder %s does not exist here; "
-                    "reading the default one.", cfg["dir"])
-    cfg["dir"] = ""
-  return cfg
+                    "reading the default one.", recorded)
+    out["dir"] = ""
+  return out
 
 
 def load_test_data(data_cfg, num_examples: int = 0, *,
@@ -244,13 +245,13 @@ def load_test_data(data_cfg, num_examples: int = 0, *,
     lfr_jax.data.DataError: missing or corrupt data.
   """
   from lfr_jax import data  # pylint: disable=g-import-not-at-top
-  cfg = _test_data_config(data_cfg, data_dir)
-  dataset = data.load(cfg)
+  data_config = _test_data_config(data_cfg, data_dir)
+  dataset = data.load(data_config)
   total = len(dataset.test)
   n = total if num_examples <= 0 else min(int(num_examples), total)
   images, labels = dataset.test.read(np.arange(n))
   x = data.preprocess(images, train=False,
-                      image_size=int(cfg.get("image_size") or 0))
+                      image_size=int(data_config.get("image_size") or 0))
   info = {"dataset": dataset.info.name, "split": "test",
           "source": dataset.source, "dir": dataset.location, "total": total}
   return np.asarray(x, np.float32), np.asarray(labels, np.int32), info

@@ -12,7 +12,7 @@ Example::
     from lfr_jax.evaluation import reports, settings
     cfg = eval_configs.get_config("smoke").eval
     reports.reduced_settings(settings.from_config(cfg))[0]  # 'PGD steps 2 < 40'
-    sorted(reports.environment()["software"])[:2]           # ['flax', 'git_commit']
+    reports.environment()["software"]["python"]             # e.g. '3.11.7'
 """
 
 from __future__ import annotations

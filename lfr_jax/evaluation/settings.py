@@ -13,7 +13,7 @@ Example::
     cfg = eval_configs.get_config("smoke").eval
     cfg.attacks = "pgd,fgsm,worst"
     s = settings.from_config(cfg)
-    s.attacks, s.eps_sweep, s.pgd_steps      # (('pgd', 'fgsm', 'worst'), (0.1, 0.3), 2)
+    s.attacks, s.eps_sweep    # (('pgd', 'fgsm', 'worst'), (0.1, 0.3))
 """
 
 from __future__ import annotations
