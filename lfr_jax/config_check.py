@@ -48,7 +48,7 @@ def is_int(v) -> bool:
 
 
 def check_number(name: str, v, *, lo=None, lo_open=False, hi=None,
-                 hi_open=False) -> None:
+                 hi_open=False, expected: str | None = None) -> None:
   """Raises ConfigError unless ``config.<name>`` is a finite number in range.
 
   Args:
@@ -58,15 +58,20 @@ def check_number(name: str, v, *, lo=None, lo_open=False, hi=None,
     lo_open: whether ``v == lo`` is refused.
     hi: upper bound (None: unbounded); ``hi_open`` excludes it.
     hi_open: whether ``v == hi`` is refused.
+    expected: the valid values in words, e.g. "a number in [0, 1]"; every
+      failure then reads "config.<name> must be <expected>, got <v!r>." (one
+      message for a whole interval). None names the bound that failed.
   """
+  def fail(default: str):
+    raise ConfigError(f"config.{name} must be {expected}, got {v!r}."
+                      if expected else f"config.{name} must be {default}.")
+
   if not is_number(v) or not math.isfinite(v):
-    raise ConfigError(f"config.{name} must be a finite number, got {v!r}.")
+    fail(f"a finite number, got {v!r}")
   if lo is not None and (v <= lo if lo_open else v < lo):
-    op = ">" if lo_open else ">="
-    raise ConfigError(f"config.{name} must be {op} {lo}, got {v}.")
+    fail(f"{'>' if lo_open else '>='} {lo}, got {v}")
   if hi is not None and (v >= hi if hi_open else v > hi):
-    op = "<" if hi_open else "<="
-    raise ConfigError(f"config.{name} must be {op} {hi}, got {v}.")
+    fail(f"{'<' if hi_open else '<='} {hi}, got {v}")
 
 
 def check_integer(name: str, v, *, lo: int | None = None) -> None:

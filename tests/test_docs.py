@@ -12,7 +12,7 @@ import lfr_jax
 
 _EXAMPLE = re.compile(r"Example[^\n]*::\n\n((?:    .*\n|\n)+)")
 # Examples that need data or files beyond what a unit test provides.
-_SKIP = {"lfr_jax.training", "lfr_jax.evaluation"}
+_SKIP = {"lfr_jax.training"}
 
 
 def _modules():

@@ -44,7 +44,11 @@ def test_evaluate_writes_the_report(smoke_run, tmp_path):
                "gamma_flatness", "gamma_linearity"):
     assert {f"{stem}.png", f"{stem}.npz"} <= figures, stem
   lines = proc.stdout.splitlines()
-  assert lines[0].startswith("| checkpoint | clean | PGD-2 | FGSM (LFR) |")
+  with open(os.path.join(smoke_run, "config.json")) as f:
+    recorded = json.load(f)["data"]["dir"]  # the folder training read
+  assert lines[0] == (f"test data: mnist test split, idx from {recorded}, "
+                      f"20 of 10000 images")
+  assert lines[1].startswith("| checkpoint | clean | PGD-2 | FGSM (LFR) |")
   assert any(l.startswith("| final (step 8) |") for l in lines)
   assert "not robust accuracies" in proc.stdout
   checks = [l for l in lines if l.startswith(("PASS ", "WARN "))]
@@ -94,6 +98,9 @@ BAD_INPUTS = {
     "unknown_checkpoint_choice": (lambda run, tmp: [
         f"--workdir={run}", "--checkpoint=epok:2"],
                                   "--checkpoint 'epok:2' is unknown"),
+    "missing_data_dir": (lambda run, tmp: [
+        f"--workdir={run}", f"--data_dir={tmp}/no_data"],
+                         "no_data is not a folder"),
     "epoch_not_kept": (lambda run, tmp: [
         f"--workdir={run}", "--checkpoint=epoch:7"],
                        "holds no checkpoint for epoch 7; it holds: step 4 "
@@ -233,3 +240,28 @@ def test_evaluate_final_checkpoint_only(smoke_run, tmp_path):
   report = json.load(open(out / "robustness.json"))
   assert len(report["rows"]) == 1
   assert report["rows"][0]["info"]["checkpoint"] in ("final", "final = best")
+
+
+@pytest.mark.mnist
+def test_data_dir_overrides_the_recorded_folder(smoke_run, mnist_dir,
+                                                tmp_path):
+  with open(os.path.join(smoke_run, "config.json")) as f:
+    recorded = json.load(f)["data"]
+  assert recorded["source"] == "idx" and os.path.isdir(recorded["dir"])
+  folder = tmp_path / "mnist_here"
+  folder.mkdir()
+  for name in os.listdir(mnist_dir):
+    if name.endswith(".gz"):
+      os.symlink(os.path.join(mnist_dir, name), folder / name)
+  out = tmp_path / "eval_data_dir"
+  proc = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
+                    "--config.eval.num_examples=8", "--checkpoint=final",
+                    "--config.eval.attacks=pgd", "--config.eval.checks=False",
+                    "--config.eval.geometry=False", f"--data_dir={folder}",
+                    f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.splitlines()[0] == (
+      f"test data: mnist test split, idx from {folder}, 8 of 10000 images")
+  report = json.load(open(out / "robustness.json"))
+  assert (report["data"]["source"], report["data"]["dir"]) == (
+      "idx", str(folder))

@@ -72,8 +72,8 @@ def settings(**overrides):
 @pytest.fixture(scope="module")
 def report(mnist, params):
   _, _, x, y, info = mnist
-  models = [evaluation.Model("linear", linear, params),
-            evaluation.Model("quantized", quantized, params)]
+  models = [evaluation.ModelRow("linear", linear, params),
+            evaluation.ModelRow("quantized", quantized, params)]
   return evaluation.evaluate(models, x, y, settings(), data_info=info)
 
 
@@ -178,7 +178,7 @@ def test_report_files_record_settings_versions_hardware(report, tmp_path):
 
 def test_paper_settings_of_the_columns():
   cols = {a.name: a.settings() for a in evaluation.table_attacks(
-      eval_configs.get_config().eval)}
+      evaluation.from_config(eval_configs.get_config().eval))}
   assert cols["pgd"] == {
       "attack": "pgd", "num_steps": 40, "loss": "ce", "random_start": True,
       "restarts": 1, "norm": "linf", "eps": 0.3, "step_size": 0.01}
@@ -194,7 +194,7 @@ def test_paper_settings_of_the_columns():
   assert (cols["apgd_t"]["num_steps"], cols["apgd_t"]["num_targets"]) == (
       100, 9)
   assert evaluation.reduced_settings(
-      evaluation._plain(eval_configs.get_config().eval)) == []
+      evaluation.from_config(eval_configs.get_config().eval)) == []
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -208,7 +208,7 @@ def test_invalid_settings_are_one_line_config_errors(field, value, message):
   cfg = eval_configs.get_config().eval
   cfg[field] = value
   with pytest.raises(config_check.ConfigError, match=None) as e:
-    evaluation.validate_settings(cfg)
+    evaluation.from_config(cfg)
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -264,8 +264,9 @@ def synthetic_checks(**changes):
           "ddn_label": "DDN-100", "random_search": first(v["random_search"]),
           "random_search_label": "random search",
           "trace": np.asarray(v["trace"])})
-  cfg = {"large_eps": 0.5, "large_eps_max_acc": 0.05}
-  checks = evaluation.masking_checks(row, cfg, LABELS)
+  cfg = eval_configs.get_config().eval
+  cfg.large_eps, cfg.large_eps_max_acc = 0.5, 0.05
+  checks = evaluation.masking_checks(row, evaluation.from_config(cfg), LABELS)
   assert [c.name for c in checks] == list(evaluation.CHECK_NAMES)
   return {c.name: c.status for c in checks}
 
@@ -340,8 +341,8 @@ def test_masking_check_thresholds(check, changes, status):
 @pytest.mark.mnist
 def test_geometry_figures_and_numbers(mnist, params, tmp_path):
   _, _, x, y, info = mnist
-  models = [evaluation.Model("linear", linear, params),
-            evaluation.Model("quantized", quantized, params)]
+  models = [evaluation.ModelRow("linear", linear, params),
+            evaluation.ModelRow("quantized", quantized, params)]
   cfg = settings(attacks="pgd", checks=False, geometry=True,
                  surface_resolution=5)
   report = evaluation.evaluate(models, x[:16], y[:16], cfg,
@@ -358,3 +359,45 @@ def test_geometry_figures_and_numbers(mnist, params, tmp_path):
   # A linear model: constant Jacobian, zero Hessian.
   assert g["jacobian_l1_mean"] > 0 and g["hessian_top_abs_mean"] == 0.0
   assert "## Geometry" in evaluation.to_markdown(report)
+
+
+# --------------------------------------------------------------- test data --
+
+
+def _linked_mnist(mnist_dir, folder):
+  """A second MNIST folder: links to the four IDX files."""
+  folder.mkdir()
+  for name in os.listdir(mnist_dir):
+    if name.endswith(".gz"):
+      os.symlink(os.path.join(mnist_dir, name), folder / name)
+  return str(folder)
+
+
+@pytest.mark.mnist
+def test_test_data_is_read_from_the_recorded_folder(mnist_dir, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.delenv("LFR_DATA_DIR", raising=False)
+  recorded = _linked_mnist(mnist_dir, tmp_path / "recorded")
+  data_cfg = {"name": "mnist", "source": "idx", "dir": recorded}
+  x, y, info = evaluation.load_test_data(data_cfg, 8)
+  assert x.shape == (8, 28, 28, 1) and y.shape == (8,)
+  assert (info["source"], info["dir"]) == ("idx", recorded)
+  line = evaluation.data_line(info, 8)
+  assert line == (f"test data: mnist test split, idx from {recorded}, 8 of "
+                  f"10000 images")
+  # A folder given explicitly wins over the recorded one.
+  other = _linked_mnist(mnist_dir, tmp_path / "other")
+  _, _, info = evaluation.load_test_data(data_cfg, 8, data_dir=other)
+  assert info["dir"] == other
+
+
+@pytest.mark.mnist
+def test_a_recorded_folder_missing_here_falls_back_to_the_default(
+    mnist_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("LFR_DATA_DIR", mnist_dir)
+  data_cfg = {"name": "mnist", "source": "idx",
+              "dir": str(tmp_path / "moved_away")}
+  x_rec, _, info = evaluation.load_test_data(data_cfg, 8)
+  assert info["dir"] == os.path.abspath(mnist_dir)
+  x_default, _, _ = evaluation.load_test_data({"name": "mnist"}, 8)
+  np.testing.assert_array_equal(x_rec, x_default)

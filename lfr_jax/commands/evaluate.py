@@ -10,6 +10,7 @@ Usage (``lfr-evaluate`` once installed takes the same flags)::
     python evaluate.py --workdir=runs/mnist_lfr \\
         --config.eval.attacks=pgd,apgd_ce,worst --config.eval.geometry=False
     python evaluate.py --workdir=runs/curve/lfr_s0 --checkpoint=epoch:2
+    python evaluate.py --workdir=runs/mnist_lfr --data_dir=~/data/mnist
 
 Rows are the final checkpoint of each workdir and its best one (by validation
 PGD accuracy) when that is another step (``--checkpoint`` picks one of them,
@@ -17,6 +18,12 @@ or a kept epoch end or step instead), plus each PyTorch state_dict (row
 label: its file name; ``--model_kwargs='{"depth": 34, "width": 10}'`` for a
 WideResNet). ``--config`` defaults to configs/evaluate.py; override any field
 with ``--config.eval.<field>=value``.
+
+The test data is what each run read: the MNIST folder its ``config.json``
+records (``data.dir``) when that folder exists here, else ``$LFR_DATA_DIR``
+or the repository's ``data/mnist/``; ``--data_dir`` overrides it for every
+row. The first line printed names the data used (dataset, source, folder,
+number of images).
 
 Writes ``<out>/robustness.{md,csv,json}``, ``<out>/per_example.npz`` and
 ``<out>/figures/`` where ``<out>`` is ``--out``, else ``<first workdir>/eval``,
@@ -49,6 +56,7 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import workdir as workdir_lib
 
 PROG = "evaluate.py"
 # Dataset of a PyTorch checkpoint evaluated without a workdir, by model.
@@ -68,6 +76,7 @@ class Request:
   dataset: str = ""
   checkpoint: str = "both"
   out: str | None = None
+  data_dir: str = ""
 
 
 def _define_flags():
@@ -100,6 +109,10 @@ def _define_flags():
           "config.checkpoint.keep_epochs) or 'step:N'."),
       "out": flags.DEFINE_string(
           "out", None, "Output folder (default: <first workdir>/eval)."),
+      "data_dir": flags.DEFINE_string(
+          "data_dir", "", "MNIST IDX folder of the test data, for every row "
+          "(default: the folder each run's config.json records when it "
+          "exists, else $LFR_DATA_DIR or the repository's data/mnist/)."),
   }
   return config, holders
 
@@ -164,6 +177,11 @@ def check_inputs(request: Request) -> None:
     if not os.path.isfile(os.path.expanduser(path)):
       raise evaluation.EvalError(
           f"--torch_checkpoint {os.path.abspath(path)} does not exist.")
+  if request.data_dir and not os.path.isdir(
+      os.path.expanduser(request.data_dir)):
+    raise evaluation.EvalError(
+        f"--data_dir {os.path.abspath(os.path.expanduser(request.data_dir))} "
+        f"is not a folder.")
   model_kwargs(request)
 
 
@@ -218,10 +236,11 @@ def out_dir(request: Request) -> str:
   if request.out:
     path = os.path.abspath(os.path.expanduser(request.out))
   elif request.workdirs:
-    path = os.path.join(os.path.abspath(request.workdirs[0]), "eval")
+    path = os.path.join(os.path.abspath(request.workdirs[0]), workdir_lib.EVAL)
   else:
     path = os.path.join(
-        os.path.dirname(os.path.abspath(request.torch_files[0])), "eval")
+        os.path.dirname(os.path.abspath(request.torch_files[0])),
+        workdir_lib.EVAL)
   if os.path.exists(path) and not os.path.isdir(path):
     raise evaluation.EvalError(f"--out {path} is a file, not a folder.")
   return path
@@ -229,13 +248,14 @@ def out_dir(request: Request) -> str:
 
 def run(config, request: Request) -> None:
   """Evaluates the request's checkpoints with ``config.eval``; writes the report."""
-  cfg = config.eval
-  evaluation.validate_settings(cfg)
+  settings = evaluation.from_config(config.eval)
   check_inputs(request)
   folder = out_dir(request)
   models, data_cfg = load_models(request)
-  x, y, info = evaluation.load_test_data(data_cfg, int(cfg.num_examples))
-  report = evaluation.evaluate(models, x, y, cfg,
+  x, y, info = evaluation.load_test_data(data_cfg, settings.num_examples,
+                                         data_dir=request.data_dir or None)
+  print(evaluation.data_line(info, x.shape[0]), flush=True)
+  report = evaluation.evaluate(models, x, y, settings,
                                figures_dir=os.path.join(folder, "figures"),
                                data_info=info)
   paths = evaluation.write_report(report, folder)
