@@ -118,8 +118,7 @@ def eval_settings(eval_config, attacks: str):
   settings.checks = False
   settings.geometry = False
   settings.eps_sweep = ()
-  evaluation.validate_settings(settings)
-  return settings
+  return evaluation.from_config(settings)
 
 
 def sweep_markdown(result: dict) -> str:
@@ -154,6 +153,58 @@ def sweep_markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _train_every_lambda(lams, configs, root: str):
+  """Trains (or resumes) each lambda's run; returns the runs and final rows."""
+  from lfr_jax import training  # pylint: disable=g-import-not-at-top
+  runs, final_checkpoints = [], []
+  for lam, lam_training_config in zip(lams, configs):
+    lam_dir = lam_workdir(root, lam)
+    entry = {"lam": lam, "workdir": lam_dir}
+    try:
+      entry["train_summary"] = training.train_and_evaluate(
+          lam_training_config, lam_dir)
+      entry["status"] = ("done" if entry["train_summary"]["completed"]
+                         else "stopped at max_steps")
+    except training.TrainingDiverged as e:
+      logging.warning("lambda %g diverged: %s", lam, e)
+      entry["status"] = "diverged"
+    runs.append(entry)
+    if entry["status"] != "diverged":
+      _, rows = evaluation.load_run(lam_dir, prefix=f"lambda={lam:g}: ")
+      final_checkpoints.append(rows[0])
+      entry["row"] = rows[0].label
+  if not final_checkpoints:
+    raise evaluation.EvalError("every run diverged; nothing to evaluate.")
+  return runs, final_checkpoints
+
+
+def _linf_columns(report) -> list[dict]:
+  columns = [{"name": attack.name, "label": attack.label,
+              "settings": attack.settings(), "source": attack.source}
+             for attack in report.columns if attack.threat == "linf"]
+  if report.has_worst:
+    columns.append({"name": "worst", "label": "worst case"})
+  return columns
+
+
+def _write_outputs(result: dict, root: str, title: str) -> None:
+  from lfr_jax import plots  # pylint: disable=g-import-not-at-top
+  done = [e for e in result["runs"] if "accuracy" in e]
+  plots.plot_lambda_sweep(
+      [e["lam"] for e in done], [100 * e["accuracy"]["clean"] for e in done],
+      {c["label"]: [100 * e["accuracy"][c["name"]] for e in done]
+       for c in result["columns"]},
+      path=os.path.join(root, "sweep.png"), title=title)
+  with open(os.path.join(root, "sweep.json"), "w") as f:
+    json.dump(result, f, indent=2, default=str)
+    f.write("\n")
+  markdown = sweep_markdown(result)
+  with open(os.path.join(root, "sweep.md"), "w") as f:
+    f.write(markdown)
+  print(markdown, flush=True)
+  print(f"wrote {root}/sweep.json, sweep.md, sweep.png and eval/", flush=True)
+
+
 def run(config, eval_config) -> dict:
   """Trains every lambda, evaluates the final checkpoints, writes the sweep.
 
@@ -168,8 +219,6 @@ def run(config, eval_config) -> dict:
     config_check.ConfigError, data.DataError, evaluation.EvalError: a
       mistake in the flags, configs or data (one line from ``cli.main``).
   """
-  from lfr_jax import plots  # pylint: disable=g-import-not-at-top
-  from lfr_jax import training  # pylint: disable=g-import-not-at-top
   from lfr_jax import workdir  # pylint: disable=g-import-not-at-top
   lams = parse_lams(_LAMS.value)
   settings = eval_settings(eval_config, _ATTACKS.value)
@@ -179,36 +228,14 @@ def run(config, eval_config) -> dict:
     raise config_check.ConfigError(f"--workdir {root} is a file, not a folder.")
   for lam in lams:
     workdir.check(lam_workdir(root, lam))
-  runs, final_checkpoints = [], []
-  for lam, lam_training_config in zip(lams, configs):
-    workdir = lam_workdir(root, lam)
-    entry = {"lam": lam, "workdir": workdir}
-    try:
-      entry["train_summary"] = training.train_and_evaluate(
-          lam_training_config, workdir)
-      entry["status"] = ("done" if entry["train_summary"]["completed"]
-                         else "stopped at max_steps")
-    except training.TrainingDiverged as e:
-      logging.warning("lambda %g diverged: %s", lam, e)
-      entry["status"] = "diverged"
-    runs.append(entry)
-    if entry["status"] != "diverged":
-      _, rows = evaluation.load_run(workdir, prefix=f"lambda={lam:g}: ")
-      final_checkpoints.append(rows[0])
-      entry["row"] = rows[0].label
-  if not final_checkpoints:
-    raise evaluation.EvalError("every run diverged; nothing to evaluate.")
+  runs, final_checkpoints = _train_every_lambda(lams, configs, root)
   x, y, info = evaluation.load_test_data(configs[0].data,
-                                         int(settings.num_examples))
+                                         settings.num_examples)
   report = evaluation.evaluate(final_checkpoints, x, y, settings,
                                data_info=info)
   evaluation.write_report(report, os.path.join(root, "eval"))
   by_label = {row.label: evaluation.metrics(row, report) for row in report.rows}
-  columns = [{"name": attack.name, "label": attack.label,
-              "settings": attack.settings(), "source": attack.source}
-             for attack in report.columns if attack.threat == "linf"]
-  if report.has_worst:
-    columns.append({"name": "worst", "label": "worst case"})
+  columns = _linf_columns(report)
   for entry in runs:
     if "row" in entry:
       metrics = by_label[entry["row"]]
@@ -219,25 +246,11 @@ def run(config, eval_config) -> dict:
       "method": config.method, "lams": lams, "examples": int(x.shape[0]),
       "data": info, "columns": columns, "runs": runs,
       "eval_settings": report.settings,
-      "reduced_settings": evaluation.reduced_settings(report.settings),
+      "reduced_settings": evaluation.reduced_settings(report.eval_settings),
       "environment": report.environment,
   }
-  done = [e for e in runs if "accuracy" in e]
-  plots.plot_lambda_sweep(
-      [e["lam"] for e in done], [100 * e["accuracy"]["clean"] for e in done],
-      {c["label"]: [100 * e["accuracy"][c["name"]] for e in done]
-       for c in columns},
-      path=os.path.join(root, "sweep.png"),
-      title=f"{config.method} on {info['dataset']}: accuracy vs lambda "
-            f"(n={x.shape[0]})")
-  with open(os.path.join(root, "sweep.json"), "w") as f:
-    json.dump(result, f, indent=2, default=str)
-    f.write("\n")
-  markdown = sweep_markdown(result)
-  with open(os.path.join(root, "sweep.md"), "w") as f:
-    f.write(markdown)
-  print(markdown, flush=True)
-  print(f"wrote {root}/sweep.json, sweep.md, sweep.png and eval/", flush=True)
+  _write_outputs(result, root, f"{config.method} on {info['dataset']}: "
+                 f"accuracy vs lambda (n={x.shape[0]})")
   return result
 
 
