@@ -36,7 +36,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -45,6 +44,8 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from tools import subprocesses  # noqa: E402  pylint: disable=g-import-not-at-top
+from tools.subprocesses import shown  # noqa: E402  pylint: disable=g-import-not-at-top
 
 RESULTS_DIR = os.path.join(REPO, "docs", "results", "curve")
 PROG = "tools/curve.py"
@@ -115,32 +116,8 @@ def authors_settings_command(root: str, epochs: int) -> list[str]:
           "--config.log.progress=False"]
 
 
-def shown(command: list[str]) -> str:
-  """The command as typed from the repository root."""
-  return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
-
-
-def run_logged(command: list[str], log_path: str,
-               dry_run: bool = False) -> float:
-  """Runs ``command`` from the repository root; returns its seconds.
-
-  Raises:
-    SystemExit: it failed (with the tail of its log).
-  """
-  print(f"$ {shown(command)}", flush=True)
-  if dry_run:
-    return 0.0
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  start = time.time()
-  with open(log_path, "a") as log:
-    proc = subprocess.run(command, cwd=REPO, stdout=log,
-                          stderr=subprocess.STDOUT)
-  if proc.returncode:
-    with open(log_path) as log:
-      tail = log.read()[-2000:]
-    raise SystemExit(f"{PROG}: {shown(command)} failed (exit "
-                     f"{proc.returncode}); see {log_path}:\n{tail}")
-  return time.time() - start
+def _run(command, log_path, dry_run=False):
+  return subprocesses.run_logged(PROG, command, log_path, dry_run)
 
 
 def _load(path: str):
@@ -157,7 +134,7 @@ def stage_train(root: str, rows, dry_run: bool) -> None:
   for row in rows:
     summary = os.path.join(root, row.name, "summary.json")
     if not (os.path.isfile(summary) and _load(summary).get("completed")):
-      run_logged(train_command(row, root),
+      _run(train_command(row, root),
                  os.path.join(root, f"{row.name}.log"), dry_run)
 
 
@@ -168,7 +145,7 @@ def stage_eval(root: str, rows, dry_run: bool) -> None:
       if os.path.isfile(os.path.join(out, "robustness.json")):
         continue
       command = eval_command(row, root, epoch)
-      seconds = run_logged(command, out + ".log", dry_run)
+      seconds = _run(command, out + ".log", dry_run)
       if not dry_run:
         _write_command(out, command, seconds)
 
@@ -179,7 +156,7 @@ def stage_authors_model(root: str, checkpoint: str, dry_run: bool) -> None:
   if os.path.isfile(os.path.join(out, "robustness.json")):
     return
   command = authors_model_command(root, checkpoint)
-  seconds = run_logged(command, out + ".log", dry_run)
+  seconds = _run(command, out + ".log", dry_run)
   if not dry_run:
     _write_command(out, command, seconds)
 
@@ -190,7 +167,7 @@ def stage_authors_settings(root: str, epochs: int, dry_run: bool) -> None:
   if os.path.isfile(summary) and _load(summary).get("epochs", 0) >= epochs:
     return
   command = authors_settings_command(root, epochs)
-  run_logged(command, os.path.join(root, f"{AUTHORS_SETTINGS}.log"),
+  _run(command, os.path.join(root, f"{AUTHORS_SETTINGS}.log"),
              dry_run)
 
 

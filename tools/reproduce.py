@@ -27,9 +27,7 @@ import glob
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 from absl import flags
 
@@ -42,6 +40,8 @@ if REPO not in sys.path:
 
 from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
+from tools import subprocesses  # noqa: E402  pylint: disable=g-import-not-at-top
+from tools.subprocesses import shown  # noqa: E402  pylint: disable=g-import-not-at-top
 
 RESULTS_DIR = os.path.join(REPO, "docs", "results")
 RESULTS_MD = os.path.join(REPO, "docs", "RESULTS.md")
@@ -154,32 +154,8 @@ def sweep_command(root: str, examples: int) -> list[str]:
           "--eval_config.eval.progress=False"]
 
 
-def shown(command: list[str]) -> str:
-  """The command as a user types it, from the repository root."""
-  return " ".join(["python"] + command[1:]).replace(REPO + os.sep, "")
-
-
-def run_logged(command: list[str], log_path: str) -> float:
-  """Runs ``command`` in the repo, its output to ``log_path``; returns seconds.
-
-  Raises:
-    SystemExit: the command failed (the log's tail is printed).
-  """
-  print(f"$ {shown(command)}", flush=True)
-  if FLAGS.dry_run:
-    return 0.0
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  start = time.time()
-  with open(log_path, "a") as log:
-    proc = subprocess.run(command, cwd=REPO, stdout=log,
-                          stderr=subprocess.STDOUT)
-  seconds = time.time() - start
-  if proc.returncode != 0:
-    with open(log_path) as log:
-      tail = log.read()[-2000:]
-    raise SystemExit(f"{PROG}: {shown(command)} failed "
-                     f"(exit {proc.returncode}); see {log_path}:\n{tail}")
-  return seconds
+def _run(command, log_path):
+  return subprocesses.run_logged(PROG, command, log_path, FLAGS.dry_run)
 
 
 def _load_json(path: str):
@@ -195,7 +171,7 @@ def train_done(root: str, row: Row) -> bool:
 def stage_train(root: str, rows: list[Row]) -> None:
   for row in rows:
     if not train_done(root, row):
-      run_logged(train_command(row, root),
+      _run(train_command(row, root),
                  os.path.join(root, f"{row.name}.log"))
 
 
@@ -206,7 +182,7 @@ def stage_eval(root: str, rows: list[Row]) -> None:
       continue
     command = eval_command(row, root, FLAGS.eval_examples,
                            FLAGS.check_examples)
-    seconds = run_logged(command,
+    seconds = _run(command,
                          os.path.join(root, "eval", f"{row.name}.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(out, "command.json"), "w") as f:
@@ -215,7 +191,7 @@ def stage_eval(root: str, rows: list[Row]) -> None:
   if (all(r in [row.name for row in rows] for r in GEOMETRY_ROWS)
       and not os.path.isfile(os.path.join(figures, "robustness.json"))):
     command = figures_command(root, FLAGS.eval_examples)
-    seconds = run_logged(command, os.path.join(root, "eval", "figures.log"))
+    seconds = _run(command, os.path.join(root, "eval", "figures.log"))
     if not FLAGS.dry_run:
       with open(os.path.join(figures, "command.json"), "w") as f:
         json.dump({"command": shown(command), "seconds": seconds}, f)
@@ -234,7 +210,7 @@ def stage_sweep(root: str) -> None:
   if os.path.isfile(os.path.join(sweep_root, "sweep.json")):
     return
   command = sweep_command(root, FLAGS.eval_examples)
-  seconds = run_logged(command, os.path.join(sweep_root, "sweep.log"))
+  seconds = _run(command, os.path.join(sweep_root, "sweep.log"))
   if not FLAGS.dry_run:
     with open(os.path.join(sweep_root, "command.json"), "w") as f:
       json.dump({"command": shown(command), "seconds": seconds}, f)
