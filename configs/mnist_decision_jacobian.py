@@ -20,7 +20,8 @@ network (``ds_mnist_cnn``: 2 conv + 2 FC) and c = 500 are the paper's (Sec.
   the constant classifier optimal, and c sets a trade-off instead. With the
   mean over pixels (``.mean()`` of J^2 over the image tensor) c = 500 weighs
   ||J||_2^2 by 500 / 784 = 0.64, and one :repro epoch lands near the paper's
-  Table 1 (1,000 test images, ours / paper): clean 93.8 / 98.4%, FGSM at
+  Table 1 (1,000 test images, ours / paper; ``tools/decision_surface_table.py``,
+  docs/results/decision_surface/): clean 93.8 / 98.4%, FGSM at
   eps 0.1/0.2/0.3 80.1 / 91.6, 59.3 / 70.3, 34.5 / 41.6%; BIM (10 steps of 0.1)
   79.8 / 88.1, 38.7 / 64.9, 4.1 / 26.7%.
 

@@ -116,3 +116,4 @@ def test_bad_stage_is_one_line():
   assert proc.stderr.strip().splitlines() == [
       "tools/curve.py: error: unknown stages ['trian']; valid: train, eval, "
       "authors_model, authors_settings, bench, collect."]
+
