@@ -31,9 +31,13 @@ def test_commands_use_the_curve_variant_and_kept_epochs():
 
 def test_scrub_keeps_no_absolute_paths():
   text = json.dumps({"a": os.path.join(REPO, "runs", "x"),
-                     "b": "/data/models/lfr/model_best.pth.tar"})
+                     "b": "/data/models/lfr/model_best.pth.tar",
+                     "c": "/scratch/elsewhere/runs/repro/lfr_s0/eval",
+                     "d": os.path.join(REPO, "data", "mnist")})
   assert json.loads(curve.scrub(text)) == {"a": "runs/x",
-                                           "b": "model_best.pth.tar"}
+                                           "b": "model_best.pth.tar",
+                                           "c": "runs/repro/lfr_s0/eval",
+                                           "d": "data/mnist"}
 
 
 def test_halfwidth_closed_form():

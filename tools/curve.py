@@ -244,6 +244,8 @@ def stage_bench(root: str, rows, dry_run: bool) -> None:
 # Absolute paths of the machine that ran a study mean nothing elsewhere: the
 # docs keep paths relative to the repository and the published model's name.
 _SCRUB = ((re.compile(re.escape(REPO + os.sep)), ""),
+          # A runs folder elsewhere (or linked from the clone): keep runs/...
+          (re.compile(r"/[^\s\"']*/(runs/)"), r"\1"),
           (re.compile(r"/[^\s\"']*/(model_best\.pth\.tar)"), r"\1"))
 
 
