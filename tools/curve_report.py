@@ -114,6 +114,7 @@ def curve_points(results_dir: str) -> dict[str, list[dict]]:
       point["hours_bench"] = (epoch * steps_per_epoch * step_s / 3600
                               if step_s else None)
       point["checks"] = report["rows"][0].get("checks", [])
+      point["written"] = report.get("written", "")
       points.append(point)
     if points:
       out[row.name] = points
@@ -329,8 +330,9 @@ def curve_section(results_dir: str) -> list[str]:
   for row in curve.ROWS:
     row_points = points.get(row.name, [])
     if row_points and row_points[-1]["checks"]:
+      summary = _check_summary(row_points[-1]["checks"])
       out += [f"**{row.label}, epoch {row_points[-1]['epoch']}.** "
-              + " ".join(_check_summary(row_points[-1]["checks"]))]
+              + summary[0], ""] + summary[1:] + [""]
   reading = os.path.join(results_dir, "reading.md")
   out += ["", "### Reading", "", open(reading).read().strip()
           if os.path.isfile(reading) else "(not written yet)", ""]
@@ -374,8 +376,13 @@ def write_figure(results_dir: str) -> str | None:
     axis.grid(alpha=0.3)
   axes[0].set_ylabel("worst-case robust accuracy (%), ε = 0.3")
   axes[0].legend(fontsize=8)
+  dates = sorted({p["written"][:10] for pts in points.values() for p in pts
+                  if p.get("written")})
+  when = f"; {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") \
+      if dates else ""
   fig.suptitle("Robust accuracy against training compute (MNIST SmallCNN, "
-               f"first {curve.EVAL_EXAMPLES} test images, 95% intervals)")
+               f"first {curve.EVAL_EXAMPLES} test images, 95% intervals"
+               f"{when})")
   fig.tight_layout()
   path = os.path.join(results_dir, FIGURE)
   fig.savefig(path, dpi=80)
