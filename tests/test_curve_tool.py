@@ -113,6 +113,40 @@ def test_sections_and_figure_from_collected_files(tmp_path):
   assert (root / curve_report.FIGURE).stat().st_size > 10_000
 
 
+def test_authors_settings_table_lays_our_epochs_beside_the_authors_log(
+    tmp_path):
+  """Each of our epochs sits beside the same epoch of the authors' log."""
+  root = tmp_path / "curve"
+  folder = root / curve.AUTHORS_SETTINGS
+  folder.mkdir(parents=True)
+  (folder / "config.json").write_text(json.dumps({"data": {"batch_size": 100}}))
+  records = []
+  for epoch, reg in ((1, 15.25), (2, 15.5)):
+    step = 10 * epoch
+    records += [
+        {"split": "train", "step": step, "examples_per_sec": 100.0},
+        {"split": "train_epoch", "step": step, "epoch": float(epoch),
+         "reg": reg, "ce": 0.5 / epoch, "acc": 0.8 + 0.1 * epoch},
+        {"split": "test_clean", "step": step, "clean_acc": 0.96},
+        {"split": "val", "step": step, "clean_acc": 0.97, "pgd_acc": 0.3}]
+  (folder / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(r) for r in records))
+  (root / curve_report.AUTHORS_LOG).write_text(json.dumps({
+      "source": "a log", "epochs": [
+          {"epoch": e, "reg": 14.0 + e, "ce": 0.25, "train_acc": 82.5,
+           "test_clean": 96.5} for e in range(1, 101)]}))
+  text = "\n".join(curve_report.authors_settings_section(str(root)))
+  # Ours: 10 steps of batch 100 at 100 ex/s = 10 s per epoch, cumulative.
+  assert f"| 2 | 15.500 | 0.2500 | 100.00 | 96.00 | 97.00 | 30.00 | " \
+         f"{20 / 3600:.2f} |" in text
+  assert ("| 1 | 15.250 | 15.000 | 0.5000 | 0.2500 | 90.00 | 82.50 | 96.00 "
+          "| 96.50 |") in text
+  assert "| 3 |" not in text  # only the epochs we ran
+  path = curve_report.write_log_figure(str(root))
+  assert path.endswith(curve_report.LOG_FIGURE)
+  assert os.path.getsize(path) > 10_000
+
+
 def test_bad_stage_is_one_line():
   proc = subprocess.run([sys.executable, "tools/curve.py", "--stages=trian"],
                         cwd=REPO, capture_output=True, text=True, timeout=120)

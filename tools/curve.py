@@ -285,6 +285,7 @@ def stage_collect(root: str, results_dir: str = RESULTS_DIR) -> None:
   _copy(root, ("step_seconds.json",), results_dir)
   from tools import curve_report  # pylint: disable=g-import-not-at-top
   curve_report.write_figure(results_dir)
+  curve_report.write_log_figure(results_dir)
 
 
 def run() -> None:

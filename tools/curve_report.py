@@ -23,6 +23,9 @@ from lfr_jax import text
 from tools import curve
 
 FIGURE = "compute_curve.png"
+LOG_FIGURE = "authors_settings_log.png"
+# The authors' training log of the published model, quoted as data.
+AUTHORS_LOG = "authors_log.json"
 # (metric key, label) of the curve tables; accuracies in %.
 COLUMNS = (("clean", "clean"), ("fgsm_lfr", "FGSM"), ("pgd", "PGD-40"),
            ("mifgsm_lfr", "MI-FGSM"), ("ddn_lfr", "DDN-20"),
@@ -237,7 +240,67 @@ def authors_settings_section(results_dir: str) -> list[str]:
   out += _table(["epoch", "mean reg (x_worst)", "mean clean CE",
                  "train acc %", "test clean % (10,000)", "val clean %",
                  "val PGD-40 %", "training h (cumulative)"], body) + [""]
+  log = authors_log(results_dir)
+  if log:
+    theirs = {e["epoch"]: e for e in log["epochs"]}
+    body = []
+    for r in rows:
+      a = theirs.get(r["epoch"])
+      if a is None:
+        continue
+      body.append([str(r["epoch"]), f"{r['reg']:.3f}", f"{a['reg']:.3f}",
+                   f"{r['ce']:.4f}", f"{a['ce']:.4f}", f"{r['train_acc']:.2f}",
+                   f"{a['train_acc']:.2f}", _accuracy_cell(r["test_clean"]),
+                   f"{a['test_clean']:.2f}"])
+    out += ["Beside the training log of the authors' published model "
+            f"(`docs/results/curve/{AUTHORS_LOG}`, quoted from "
+            f"{log['source']}; their seed 1000, ours 0):", ""]
+    out += _table(["epoch", "reg, ours", "reg, authors'", "clean CE, ours",
+                   "clean CE, authors'", "train acc %, ours",
+                   "train acc %, authors'", "test clean %, ours",
+                   "test clean %, authors'"], body) + [""]
+    if os.path.isfile(os.path.join(results_dir, LOG_FIGURE)):
+      out += [f"![the regularizer over the authors' 100 epochs and ours]"
+              f"(results/curve/{LOG_FIGURE})", ""]
   return out
+
+
+def authors_log(results_dir: str) -> dict | None:
+  """The authors' per-epoch training log (``authors_log.json``), or None."""
+  return _load_if_present(os.path.join(results_dir, AUTHORS_LOG))
+
+
+def write_log_figure(results_dir: str) -> str | None:
+  """The mean regularizer and test clean accuracy per epoch: theirs and ours."""
+  log, rows = authors_log(results_dir), epoch_log(results_dir)
+  if not log or not rows:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+  theirs = log["epochs"]
+  for axis, key, label in ((axes[0], "reg", "mean ‖∇ₓL(x_worst)‖₁ over the "
+                            "epoch's training steps"),
+                           (axes[1], "test_clean", "test clean accuracy (%), "
+                            "10,000 images")):
+    axis.plot([e["epoch"] for e in theirs], [e[key] for e in theirs],
+              color="0.4", label="the authors' log (published model)")
+    axis.plot([r["epoch"] for r in rows if r[key] is not None],
+              [r[key] for r in rows if r[key] is not None], "o", color="C3",
+              label="ours, same settings")
+    axis.set_xlabel("epoch (lr ×0.1 at 90)")
+    axis.set_ylabel(label)
+    axis.grid(alpha=0.3)
+  axes[1].set_ylim(95, 100)
+  axes[0].legend(fontsize=8)
+  fig.suptitle("LFR at the authors' settings (MNIST SmallCNN, K = 40, "
+               "λ = 0.02): our first epochs on the authors' 100")
+  fig.tight_layout()
+  path = os.path.join(results_dir, LOG_FIGURE)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
 
 
 def gap_fit(points: dict[str, list[dict]], row: str = "lfr_s0",
@@ -293,10 +356,18 @@ def curve_section(results_dir: str) -> list[str]:
       "measured for every row's config in one interleaved run "
       "(`tools/curve.py --stages=bench`); \"measured h\" is what the runs "
       "themselves logged, on a machine that other jobs sometimes shared.", ""]
+  # Only the rows that were run get their commands; the others are named, so
+  # a reader sees what is defined but has no evidence yet.
+  run_rows = [r for r in curve.ROWS if points.get(r.name)] or list(curve.ROWS)
   out += ["```"] + [curve.shown(curve.train_command(r, "runs/curve"))
-                    for r in curve.ROWS] + [
-      curve.shown(curve.eval_command(curve.ROWS[0], "runs/curve", e))
+                    for r in run_rows] + [
+      curve.shown(curve.eval_command(run_rows[0], "runs/curve", e))
       for e in curve.EPOCHS] + ["```", ""]
+  not_run = [r for r in curve.ROWS if r not in run_rows]
+  if not_run:
+    out += ["Defined in `tools/curve.py` but not run yet: "
+            + ", ".join(f"{r.label} (`--rows={r.name}`)" for r in not_run)
+            + ".", ""]
   if not points:
     return out + ["(no checkpoint evaluated yet)", ""]
   body = []
