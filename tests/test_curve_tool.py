@@ -155,3 +155,10 @@ def test_bad_stage_is_one_line():
       "tools/curve.py: error: unknown stages ['trian']; valid: train, eval, "
       "authors_model, authors_settings, bench, collect."]
 
+
+
+def test_damaged_result_file_is_one_clear_error(tmp_path):
+  """A cut JSON file names itself instead of raising a bare decode error."""
+  (tmp_path / curve_report.AUTHORS_LOG).write_text('{"epochs": [')
+  with pytest.raises(ValueError, match=r"authors_log\.json is not valid JSON"):
+    curve_report.authors_log(str(tmp_path))

@@ -344,4 +344,4 @@ if __name__ == "__main__":
   define_flags()
   # Only the bench stage uses jax in this process, and it keeps its logs.
   cli.main(PROG, run, settings_hint="flags such as --stages=collect",
-           quiet_logs=False)
+           user_errors=(ValueError,), quiet_logs=False)

@@ -33,8 +33,13 @@ COLUMNS = (("clean", "clean"), ("fgsm_lfr", "FGSM"), ("pgd", "PGD-40"),
 
 
 def _load(path: str):
+  """The JSON file at ``path``; a damaged one is a ValueError naming it."""
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); restore it from git "
+                       "or rerun the stage that writes it") from e
 
 
 def _load_if_present(path: str):

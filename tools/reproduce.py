@@ -783,4 +783,4 @@ if __name__ == "__main__":
   define_flags()
   # Every stage runs the other programs as subprocesses: no jax here.
   cli.main(PROG, run, settings_hint="flags such as --stages=report",
-           quiet_logs=False)
+           user_errors=(ValueError,), quiet_logs=False)
