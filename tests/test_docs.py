@@ -27,10 +27,11 @@ def test_module_docstring_example_runs(name):
   module = importlib.import_module(name)
   doc = module.__doc__ or ""
   assert doc.strip(), f"{name} has no module docstring"
-  match = _EXAMPLE.search(doc + "\n")
-  assert match, f"{name}'s docstring has no 'Example::' block"
-  code = textwrap.dedent(match.group(1))
-  exec(compile(code, f"<{name} docstring>", "exec"), {})
+  blocks = _EXAMPLE.findall(doc + "\n")
+  assert blocks, f"{name}'s docstring has no 'Example::' block"
+  for i, block in enumerate(blocks):  # every Example block, each on its own
+    code = textwrap.dedent(block)
+    exec(compile(code, f"<{name} docstring, example {i + 1}>", "exec"), {})
 
 
 def test_readme_python_examples_run():

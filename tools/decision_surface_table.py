@@ -32,6 +32,7 @@ if REPO not in sys.path:
 
 import lfr_jax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from lfr_jax import files  # noqa: E402  pylint: disable=g-import-not-at-top
 from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
 
 PROG = "tools/decision_surface_table.py"
@@ -125,9 +126,9 @@ def run() -> None:
   out = os.path.abspath(_OUT.value)
   os.makedirs(out, exist_ok=True)
   table = markdown(rows, int(x.shape[0]))
-  with open(os.path.join(out, "table.md"), "w") as f:
+  with files.atomic_file(os.path.join(out, "table.md")) as f:
     f.write(table)
-  with open(os.path.join(out, "table.json"), "w") as f:
+  with files.atomic_file(os.path.join(out, "table.json")) as f:
     json.dump({"rows": rows, "paper": PAPER, "eps": EPS, "examples":
                int(x.shape[0]), "iterations": ITERATIONS, "step": STEP,
                "command": " ".join(["python", PROG] + sys.argv[1:])}, f,

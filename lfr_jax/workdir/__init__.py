@@ -39,12 +39,12 @@ from lfr_jax.workdir.checkpoints import load_checkpoint
 from lfr_jax.workdir.layout import (BEST, CHECKPOINTS, CONFIG, CONFIG_CHANGES,
                                     DAMAGED, ENTRIES, EVAL, LOCK, METRICS,
                                     SUMMARY, TENSORBOARD, WorkdirError,
-                                    append_lines, check, is_uri, read_json,
-                                    resolve, write_text)
+                                    append_lines, check, is_uri, now,
+                                    read_json, resolve, write_text)
 from lfr_jax.workdir.lock import Lock
 from lfr_jax.workdir.records import (MetricWriter, previous_seconds,
                                      read_metrics, read_summary,
-                                     write_summary)
+                                     truncate_metrics, write_summary)
 from lfr_jax.workdir.run_config import (SAFE_TO_CHANGE, check_config,
                                         config_differences, is_safe_to_change,
                                         read_config, read_config_dict,
@@ -55,7 +55,8 @@ __all__ = [
     "EVAL", "LOCK", "METRICS", "SAFE_TO_CHANGE", "SUMMARY", "TENSORBOARD",
     "Checkpoints", "Lock", "MetricWriter", "WorkdirError", "append_lines",
     "check", "check_config", "checkpoint_steps", "config_differences",
-    "is_safe_to_change", "is_uri", "load_checkpoint", "previous_seconds",
-    "read_config", "read_config_dict", "read_json", "read_metrics",
-    "read_summary", "record_config", "resolve", "write_summary", "write_text",
+    "is_safe_to_change", "is_uri", "load_checkpoint", "now",
+    "previous_seconds", "read_config", "read_config_dict", "read_json",
+    "read_metrics", "read_summary", "record_config", "resolve",
+    "truncate_metrics", "write_summary", "write_text",
 ]

@@ -133,14 +133,34 @@ class Checkpoints:
           f"new workdir.")
     return None
 
-  def _move_aside(self, step: int) -> None:
-    source = self.folder / layout.CHECKPOINTS / str(step)
+  def damaged_best(self, abstract_state) -> int | None:
+    """Checks that the best checkpoint restores; moves it aside if not.
+
+    Returns:
+      The damaged best step (now in ``damaged_checkpoints/best-<step>``), or
+      None when it restores or there is none.
+    """
+    if self.best is None or self.best.latest_step() is None:
+      return None
+    step = self.best.latest_step()
+    try:
+      self.restore(abstract_state, best=True)
+    except Exception:  # pylint: disable=broad-except
+      # As in restore_intact: any failure to restore is the files'.
+      self._move_aside(step, best=True)
+      return step
+    return None
+
+  def _move_aside(self, step: int, *, best: bool = False) -> None:
+    source = self.folder / (layout.BEST if best else layout.CHECKPOINTS
+                            ) / str(step)
     target_dir = self.folder / layout.DAMAGED
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / str(step)
+    name = f"best-{step}" if best else str(step)
+    target = target_dir / name
     suffix = 1
     while target.exists():
-      target, suffix = target_dir / f"{step}.{suffix}", suffix + 1
+      target, suffix = target_dir / f"{name}.{suffix}", suffix + 1
     source.rename(target)
     # The managers cache the step list: reopen them on the folder as it is.
     self.close()
