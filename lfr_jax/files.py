@@ -95,9 +95,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(e, OSError) and not e.filename and e.errno:
+      # A failed write() names no file: name the one being written.
+      raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from e
     raise
 
 

@@ -179,10 +179,18 @@ def collapse_message(step: int, window_steps: int, mean: dict[str, float]
 
 
 class _DropLibraryInfo:
-  """A logging filter that drops INFO records from orbax (dozens per save)."""
+  """A logging filter for orbax's records: drops its INFO lines (dozens per
+  save) and the tracebacks its worker threads log for an error that they
+  also hand on to the caller (a full disk: the program reports it in one
+  line)."""
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno < 30:
+      return False
+    return not (record.pathname.endswith("future.py") and
+                "raised an exception" in record.getMessage())
 
 
 def quiet_library_logs() -> None:

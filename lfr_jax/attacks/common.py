@@ -94,7 +94,7 @@ def project(x_adv: jax.Array, x: jax.Array, eps, norm: str = "linf"
   Returns:
     The projected points; a negative (traced) ``eps`` projects onto x.
   """
-  eps = nonneg_radius(eps)
+  eps = nonneg_radius(eps)  # the ball of a negative radius is its centre
   if norm == "linf":
     return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
   delta = x_adv - x

@@ -21,6 +21,8 @@ Example::
 
 from __future__ import annotations
 
+import sys
+import traceback
 from typing import Any
 
 import jax
@@ -31,6 +33,40 @@ from lfr_jax import sharding
 from lfr_jax import text
 from lfr_jax import train_state
 from lfr_jax.workdir import layout
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable error is a late TensorStore callback to the closed
+  event loop of a failed orbax restore."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(f.name == "call_soon_threadsafe" and "asyncio" in f.filename
+             for f in frames)
+
+
+def ignore_closed_loop_callbacks() -> None:
+  """Hides the "Event loop is closed" tracebacks that follow a failed save or restore.
+
+  orbax runs a save or restore on a fresh event loop and closes it as soon
+  as one write or read fails (a full disk, damaged files); the TensorStore
+  operations still in flight finish on their own threads and try to wake
+  that closed loop, each printing a traceback (up to dozens, on a run that
+  recovers). Nothing is lost: the failure itself is reported in one line.
+  Installed once per process (by every :class:`Checkpoints`); every other
+  unraisable error still reaches the previous ``sys.unraisablehook``.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "lfr_jax_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.lfr_jax_closed_loop_filter = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -48,6 +84,8 @@ class Checkpoints:
     self._open()
 
   def _open(self) -> None:
+    # A failed save or restore leaves TensorStore callbacks to a closed loop.
+    ignore_closed_loop_callbacks()
     keep, keep_best, keep_steps = self._settings
     # Synchronous saves: the train state is donated to the next step, so its
     # buffers must be on disk (or copied) before save() returns.
@@ -94,9 +132,13 @@ class Checkpoints:
       step = manager.latest_step()
     elif step not in manager.all_steps():
       return None
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          meta=ocp.args.JsonRestore()))
+    except Exception:
+      ignore_closed_loop_callbacks()  # (when used without Checkpoints)
+      raise
     return restored["state"], restored["meta"]
 
   def restore_intact(self, abstract_state
