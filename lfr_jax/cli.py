@@ -118,15 +118,22 @@ def help_text(prog: str) -> str:
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   main = sys.modules.get("__main__")
   doc = (getattr(main, "__doc__", None) or "").strip()
-  out = [doc, ""] if doc else []
   foreign = ("absl", "ml_collections", "jax", "flax", "orbax", "etils",
              "tensorflow", "tensorboard", "chex", "optax")
+  sections, names = [], []
   for module, module_flags in absl_flags.FLAGS.flags_by_module_dict().items():
     if module_flags and not module.startswith(foreign):
-      out.append(absl_flags.FLAGS.module_help(module).replace(
-          f"{module}:", f"{prog} flags:", 1))
-  out.append("\nOverride any config field with --config.<section>.<field>="
-             "value; --helpfull lists every flag of every library.")
+      names += [f.name for f in module_flags]
+      # Each module's section, without its "module:" header line.
+      sections += [line for line in
+                   absl_flags.FLAGS.module_help(module).splitlines()
+                   if line.strip() and line.strip() != f"{module}:"]
+  out = ([doc, ""] if doc else []) + [f"{prog} flags:"] + sections
+  configs = [n for n in names if "config" in n]
+  if configs:
+    out.append(f"\nOverride any config field with --{configs[0]}.<section>."
+               f"<field>=value.")
+  out.append("--helpfull lists every flag of every library.")
   return "\n".join(out)
 
 

@@ -119,7 +119,8 @@ def _check_method(config) -> None:
   inner = config.inner
   # The inner maximizations search an l_inf ball of pixels in [0, 1]: a
   # radius above 1 is no constraint at all.
-  check_number("inner.eps", inner.eps, lo=0, hi=1, expected=LINF_RADIUS)
+  check_number("inner.eps", inner.eps, lo=0)
+  check_number("inner.eps", inner.eps, hi=1, expected=LINF_RADIUS)
   check_number("inner.warmup_epochs", inner.warmup_epochs, lo=0)
   check_choice("inner.unroll", inner.unroll, UNROLL)
   # The values of the method's settings are the objective's to check (one
@@ -178,10 +179,9 @@ def _check_eval(config) -> None:
   check_choice("eval.test_checkpoint", e.test_checkpoint, TEST_CHECKPOINTS)
   check_integer("eval.batch_size", e.batch_size, lo=1)
   check_choice("eval.norm", e.norm, EVAL_NORMS)
-  if e.norm == "linf":
-    check_number("eval.eps", e.eps, lo=0, hi=1, expected=LINF_RADIUS)
-  else:  # an l2 radius may exceed 1
-    check_number("eval.eps", e.eps, lo=0)
+  check_number("eval.eps", e.eps, lo=0)
+  if e.norm == "linf":  # an l2 radius may exceed 1
+    check_number("eval.eps", e.eps, hi=1, expected=LINF_RADIUS)
   check_number("eval.step_size", e.step_size, lo=0, lo_open=True)
   check_integer("eval.num_steps", e.num_steps, lo=0)
   check_integer("eval.restarts", e.restarts, lo=1)

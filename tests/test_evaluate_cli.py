@@ -139,6 +139,9 @@ BAD_INPUTS = {
     "eps_out_of_range": (lambda run, tmp: [
         f"--workdir={run}", "--config.eval.eps=1.5"],
                          "config.eval.eps must be a number in [0, 1]"),
+    "workdir_is_a_file": (lambda run, tmp: [
+        f"--workdir={os.path.join(run, 'config.json')}"],
+                          "config.json is a file, not a training workdir."),
     "missing_torch_file": (lambda run, tmp: [
         f"--torch_checkpoint={tmp}/nope.pt", "--model=small_cnn"],
                            "nope.pt does not exist"),

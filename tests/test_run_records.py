@@ -87,6 +87,7 @@ def test_a_rerun_of_a_finished_run_keeps_its_facts_and_adds_to_its_history(
   assert len(_events_files(workdir)) == 1
 
 
+@pytest.mark.slow
 def test_changed_test_settings_test_a_finished_run_again(tmp_path):
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(smoke(), workdir)
@@ -114,6 +115,7 @@ def test_a_stopped_and_resumed_run_reports_what_a_straight_one_does(tmp_path):
   assert resumed["history"][1]["from_step"] == 3
 
 
+@pytest.mark.slow  # a train.py killed mid-run, and two runs (about 1 min)
 def test_a_killed_and_resumed_run_matches_a_straight_one(tmp_path):
   """SIGKILL mid-run, then a resume: the same facts and one row per step."""
   straight, killed = str(tmp_path / "straight"), tmp_path / "killed"
@@ -175,6 +177,7 @@ def test_a_damaged_best_checkpoint_is_noticed_by_train_py(tmp_path, caplog):
               "history"][-1]["events"]
 
 
+@pytest.mark.slow
 def test_a_divergence_is_recorded_in_the_summary(tmp_path, monkeypatch):
   import jax.numpy as jnp
   from lfr_jax import objectives
@@ -211,3 +214,19 @@ def test_collapse_verdicts_from_an_older_checkpoints_metrics():
   assert training.collapse_from_metrics(rows, 8, 2) == (4, True)
   assert training.collapse_from_metrics(rows, 6, 2) == (4, False)
   assert training.collapse_from_metrics(rows, 3, 2) == (-1, False)
+
+
+def test_steps_trained_again_are_recorded_once(tmp_path):
+  """metrics.jsonl got duplicate rows for the steps a resume trained again."""
+  import shutil
+  straight, cut = str(tmp_path / "straight"), tmp_path / "cut"
+  training.train_and_evaluate(smoke(), straight)
+  training.train_and_evaluate(smoke(), str(cut))
+  # As a run killed after logging steps 5-8 but before saving step 8 leaves it.
+  for folder in ("checkpoints/8", "best_checkpoint/8"):
+    if (cut / folder).is_dir():
+      shutil.rmtree(cut / folder)
+  (cut / "summary.json").unlink()
+  training.train_and_evaluate(smoke(), str(cut))
+  for split in ("train", "train_epoch", "val", "test"):
+    assert _rows(str(cut), split) == _rows(straight, split), split

@@ -284,7 +284,22 @@ def _markdown_geometry(report: results.Report, n: int) -> list[str]:
           f"eps {s.eps:g} ball of ||grad CE||_1 ({s.gamma_steps} sign "
           f"steps of {geometry_report.flatness_step(s):g}), gamma linearity "
           f"= LLR's ({s.gamma_steps} Adam steps of 0.1), on the first "
-          f"{s.gamma_examples or n} images."]
+          f"{s.gamma_examples or n} images."] + _zero_hessian_note(report)
+
+
+def _zero_hessian_note(report: results.Report) -> list[str]:
+  """Why a row's Hessian columns read 0 (a ReLU network), when one does."""
+  flat = [row.label for row in report.rows
+          if abs(row.geometry.get("hessian_top_abs_mean", 1.0)) < 1e-12]
+  if not flat:
+    return []
+  return ["", f"Zero Hessian spectrum ({', '.join(flat)}): a ReLU network is "
+          f"piecewise linear in its input, so its input Hessian is exactly 0 "
+          f"almost everywhere (only the softmax bends the loss, and the "
+          f"decision value has none). This is not flatness: the Hessian "
+          f"columns measure curvature only for smooth activations (e.g. the "
+          f"softplus presets); the Jacobian and gamma columns apply to every "
+          f"model."]
 
 
 def to_markdown(report: results.Report) -> str:

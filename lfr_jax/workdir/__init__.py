@@ -12,10 +12,16 @@ A workdir holds:
   epoch ends (orbax); ``best_checkpoint/``: the best by validation PGD
   accuracy; ``damaged_checkpoints/``: steps that failed to restore, moved
   aside (never deleted).
-- ``metrics.jsonl`` (one JSON record per log interval, epoch and test),
-  ``tensorboard/``, ``summary.json``.
+- ``metrics.jsonl`` (one JSON record per log interval, epoch and test; a
+  resume drops the rows of the steps it trains again), ``tensorboard/``
+  (opened at the first record), ``summary.json`` (the run's facts and one
+  history record per call; never reset by a rerun).
 - ``lock.json``: the live run that holds the workdir.
-- ``eval/``: ``evaluate.py``'s default output.
+- ``eval/``: ``evaluate.py``'s default output, one folder per evaluation
+  and ``eval/latest`` (see :mod:`lfr_jax.files`).
+
+Files are written whole (:mod:`lfr_jax.files`); the hidden temporary files
+a killed writer may leave are not "other files" to :func:`check`.
 
 Every path goes through ``etils.epath`` (as orbax does), so a workdir such as
 ``gs://bucket/run`` works wherever epath has a backend for it.

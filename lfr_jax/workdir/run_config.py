@@ -127,7 +127,8 @@ def check_config(path, config: Mapping[str, Any]) -> list[str]:
     raise layout.WorkdirError(
         f"--workdir {folder} holds a run trained with other settings: "
         f"{_describe(changing, _normalized(recorded), _normalized(config))}; "
-        f"resume it with the config in its {layout.CONFIG}, or use a new workdir.")
+        f"resume it with its recorded {layout.CONFIG} (train.py "
+        f"--workdir={folder} alone), or use a new workdir.")
   return safe
 
 
