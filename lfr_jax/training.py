@@ -243,6 +243,8 @@ class _Run:
     self.events: list[dict[str, Any]] = []  # what this call saw
     self.start_step = 0
     self.started = workdir_lib.now()
+    # The epoch after which eval.patience stopped the run (-1: it did not).
+    self.early_stop_epoch = -1
 
   # Everything that can fail on a user mistake happens here, before any write.
   def prepare(self) -> None:
@@ -274,8 +276,8 @@ class _Run:
     net = models.create(config.model.name, jax.random.fold_in(root, 0),
                         **models.kwargs_from_config(config.model))
     self.graphdef = net.graphdef
-    self.tx, self.lr_fn = train_state.make_optimizer(config.optim,
-                                                     self.steps_per_epoch)
+    self.tx, self.lr_fn = train_state.make_optimizer(
+        config.optim, self.steps_per_epoch, self.total_steps)
     state = train_state.create_train_state(net, self.tx,
                                            jax.random.fold_in(root, 1))
     self.state = jax.device_put(state, sharding.replicated(self.mesh))
@@ -448,11 +450,20 @@ class _Run:
       yield data.to_global(self.batch_sharding, x, y)
 
   def train(self) -> bool:
-    """Runs the remaining steps; False when stopped early (max_steps/epochs)."""
+    """Runs the remaining steps.
+
+    Returns:
+      True when the run is complete: the schedule is done, or validation
+      stopped it (``eval.patience``); False when ``train.max_steps`` or
+      ``train.max_epochs`` paused it.
+    """
     cfg = self.config
     step = int(jax.device_get(self.state.step))
     stop_at = min(self.total_steps, cfg.train.max_steps or self.total_steps,
                   math.ceil(cfg.train.max_epochs * self.steps_per_epoch) or self.total_steps)
+    if step < self.total_steps and self.stops_early(step):
+      self.early_stop_epoch = step // self.steps_per_epoch  # a rerun
+      return True
     if step >= stop_at:
       return step >= self.total_steps
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -499,6 +510,16 @@ class _Run:
           pause = time.time()  # examples/s counts training, not eval/saves
           if epoch_end:
             self.end_epoch(step)
+            if self.stops_early(step):
+              self.early_stop_epoch = step // self.steps_per_epoch
+              self.event(step, "early stop")
+              self.log("epoch %d: validation %s accuracy has not improved "
+                       "for %d epochs (best %.2f%% at epoch %d); stopping "
+                       "early.", self.early_stop_epoch, cfg.eval.select_on,
+                       cfg.eval.patience,
+                       100 * self.best[f"val_{cfg.eval.select_on}_acc"],
+                       self.best["epoch"])
+              return True
           elif step == stop_at or (cfg.checkpoint.every_steps and
                                    step % cfg.checkpoint.every_steps == 0):
             self.check_finite()
@@ -537,13 +558,33 @@ class _Run:
     every = cfg.eval.every_epochs
     if every and ((epoch + 1) % every == 0 or step == self.total_steps):
       result = self.validate_epoch(epoch, step)
-      if result["pgd_acc"] > self.best["val_pgd_acc"]:
+      selected = f"{cfg.eval.select_on}_acc"
+      if result[selected] > self.best.get(f"val_{selected}", -1.0):
         self.best = {"val_pgd_acc": result["pgd_acc"],
                      "val_clean_acc": result["clean_acc"], "step": step,
                      "epoch": epoch + 1}
         self.event(step, "best", val_pgd_acc=result["pgd_acc"])
         is_best = True
     self.ckpt.save(self.state, self.meta(step), best=is_best)
+
+  def finished(self) -> bool:
+    """Whether the restored run needs no more training: its schedule is
+    done, or validation stopped it (``eval.patience``)."""
+    step = self.start_step
+    if step < self.total_steps and self.stops_early(step):
+      self.early_stop_epoch = step // self.steps_per_epoch
+    return step >= self.total_steps or self.early_stop_epoch >= 0
+
+  def stops_early(self, step: int) -> bool:
+    """Whether validation has not improved for ``eval.patience`` epochs.
+
+    Read from the best epoch recorded in the checkpoints' metadata, so a
+    resumed run stops where a straight one would.
+    """
+    patience = self.config.eval.patience
+    if not patience or step % self.steps_per_epoch or self.best["epoch"] < 0:
+      return False
+    return step // self.steps_per_epoch - self.best["epoch"] >= patience
 
   def test(self) -> dict[str, Any]:
     cfg = self.config
@@ -583,7 +624,7 @@ class _Run:
 
 # config.eval fields that decide the final test's numbers: a finished run is
 # tested again only when one of them changed since its summary.
-_TEST_SETTINGS = ("test_examples", "test_checkpoint", "eps", "step_size",
+_TEST_SETTINGS = ("test_examples", "test_checkpoint", "select_on", "eps", "step_size",
                   "num_steps", "restarts", "norm")
 
 
@@ -618,7 +659,9 @@ def _merged_facts(previous: dict[str, Any], run: _Run) -> dict[str, Any]:
           "collapse_step": first(previous.get("collapse_step"),
                                  run.collapse_step),
           "collapsed_at_end": run.collapsed_at_end,
-          "nan_step": first(previous.get("nan_step"), run.nan_step)}
+          "nan_step": first(previous.get("nan_step"), run.nan_step),
+          "early_stop_epoch": (run.early_stop_epoch if run.early_stop_epoch >= 0
+                               else previous.get("early_stop_epoch", -1))}
 
 
 def _history(previous: dict[str, Any], entry: dict[str, Any]
@@ -709,14 +752,15 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   try:
     run.open_workdir()
     previous = workdir_lib.read_summary(workdir)
-    if (run.start_step >= run.total_steps and
-        _already_tested(previous, run.start_step, config)):
+    if run.finished() and _already_tested(previous, run.start_step, config):
       summary = _summary(run, previous, "already finished", run.start_step,
                          True, None)
       if run.is_chief:
         workdir_lib.write_summary(workdir, summary)
+      early = (f", stopped early after epoch {run.early_stop_epoch}"
+               if run.early_stop_epoch >= 0 else "")
       print(f"{workdir} holds a finished run (step {run.start_step} of "
-            f"{run.total_steps}): nothing to train or test again. Its "
+            f"{run.total_steps}{early}): nothing to train or test again. Its "
             f"result, from summary.json:", flush=True)
       print(summary_line(summary, config), flush=True)
       return summary
@@ -754,8 +798,12 @@ def summary_line(summary: dict[str, Any], config) -> str:
     return (f"{head}, stopped at train.max_steps/max_epochs; rerun (with a "
             f"larger one) to resume.")
   best = summary["best_val"]
-  best_text = (f", best val PGD {100 * best['val_pgd_acc']:.2f}% at epoch "
+  selected = config.eval.select_on
+  best_text = (f", best val {'PGD' if selected == 'pgd' else 'clean'} "
+               f"{100 * best[f'val_{selected}_acc']:.2f}% at epoch "
                f"{best['epoch']}" if best.get("step", -1) >= 0 else "")
+  if summary.get("early_stop_epoch", -1) >= 0:
+    best_text += f", stopped early after epoch {summary['early_stop_epoch']}"
   # "first N" vs "all N": the per-epoch test clean lines (monitoring) use
   # the whole split, the final test config.eval.test_examples of it.
   n, total = summary["test_examples"], summary.get("test_total")

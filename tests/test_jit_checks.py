@@ -71,6 +71,11 @@ EPS_TAKERS = {
         f, x, y, k, num_steps=3, max_norm=e),
     "local_flatness": lambda f, x, y, k, e: regularizers.local_flatness(
         f, x, y, k, eps=e, step_size=0.05, num_steps=3)[1],
+    "local_flatness_uniform_fd": lambda f, x, y, k, e:
+        regularizers.local_flatness(f, x, y, k, eps=e, step_size=0.05,
+                                    num_steps=2, start="uniform",
+                                    ascent="finite_difference",
+                                    penalty="finite_difference")[1],
     "flatness_ascent": lambda f, x, y, k, e: regularizers.flatness_ascent(
         f, x, y, k, eps=e, step_size=0.05, num_steps=3),
     "linearity_ascent": lambda f, x, y, k, e: x + regularizers.linearity_ascent(
