@@ -11,14 +11,18 @@ quality 90 with ImageNet's spread of sizes) written, on first use, as tfds
 exactly as it reads ImageNet.
 
 The paths, each timed in its own process pinned to the first ``--cores``
-cores (as ``taskset`` would), for ``--seconds`` after its first batch:
+cores (as ``taskset`` would), for ``--seconds`` after its first batch, with
+each of ``--workers`` Grain worker processes (0 = in the measuring process):
 
-- ``train``: ``data.train_batches`` (Inception crop + flip at
-  ``--image_size``) -> ``data.prefetch`` -> ``data.to_global``, as
-  ``training`` feeds the step;
+- ``train``: ``data.train_stream`` (Inception crop + flip at
+  ``--image_size``) -> ``data.device_batches`` (``to_global`` in a
+  background thread), exactly as ``training`` feeds the step;
 - ``eval``: ``data.eval_batches`` (centre crop) the same way;
-- ``decode``: JPEG decoding alone (PIL, full size), one process per core: the
-  floor under every path that decodes.
+- ``decode``: JPEG decoding alone (``preprocessing.decode``, full size), one
+  process per core: the floor under every path that decodes;
+- ``stages``: where one image's CPU time goes on the train path, stage by
+  stage, in one process (record read, parse, decode, crop + resize, flip and
+  float conversion).
 
 "CPU ms/image" is the CPU time of the measuring process and its children per
 image: unlike images/s it barely moves when other processes share the cores.
@@ -32,15 +36,16 @@ cores (16 hosts). The script says which.
 Run::
 
     python bench/input_pipeline.py                 # 1 and 2 cores, 20 s each
-    python bench/input_pipeline.py --cores=2 --paths=train --seconds=60
+    python bench/input_pipeline.py --cores=2 --workers=2,3 --paths=train \
+        --seconds=60
     # smoke (seconds):
     python bench/input_pipeline.py --dir=/tmp/synth --num_images=16 \\
-        --short_side=40,60 --image_size=32 --batch=4 --seconds=1 --cores=1
+        --short_side=40,60 --image_size=32 --batch=4 --seconds=1 --cores=1 \
+        --workers=0,1 --paths=train,stages
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import multiprocessing
@@ -64,7 +69,9 @@ FLAGS = flags.FLAGS
 PLAN = os.path.join(common.REPO, "docs", "scaling", "imagenet_llr__v3-128",
                     "plan.json")
 DEFAULT_DIR = os.path.join(common.REPO, "runs", "synthetic_imagenet")
-PATHS = ("train", "eval", "decode")
+PATHS = ("train", "eval", "decode", "stages")
+# Paths timed once per worker count.
+PIPELINES = ("train", "eval")
 # LLR's ImageNet run (Qin et al. 2019): 110 epochs in 7 h on 128 TPU v3 cores.
 LLR_EPOCHS, LLR_HOURS, LLR_HOSTS = 110, 7.0, 16
 IMAGENET_TRAIN = 1_281_167
@@ -87,6 +94,8 @@ def define_flags() -> None:
                       "to.")
   flags.DEFINE_string("paths", ",".join(PATHS), "What to time, of "
                       f"{', '.join(PATHS)}.")
+  flags.DEFINE_string("workers", "0,1,2", "Grain worker counts to time the "
+                      "train and eval paths with (0 = in-process).")
   flags.DEFINE_float("seconds", 20.0, "Timed seconds per measurement, after "
                      "the first batch.")
   flags.DEFINE_integer("batch", 0, "Images per batch on this host; 0 = the "
@@ -178,7 +187,8 @@ def _cpu_seconds() -> float:
   return total
 
 
-def _batches(path: str, settings: dict[str, Any]) -> Iterator[int]:
+def _batches(path: str, workers: int, settings: dict[str, Any]
+             ) -> Iterator[int]:
   """Yields the number of images of each batch the path delivers."""
   import jax  # pylint: disable=g-import-not-at-top
   from lfr_jax import data  # pylint: disable=g-import-not-at-top
@@ -188,27 +198,30 @@ def _batches(path: str, settings: dict[str, Any]) -> Iterator[int]:
   batch, size = settings["batch"], settings["image_size"]
   target = sharding.batch(sharding.make_mesh(1))
   if path == "train":
-    local = itertools.chain.from_iterable(
-        data.train_batches(ds.train, batch_size=batch, seed=0, epoch=epoch,
-                           augment="inception", image_size=size)
-        for epoch in itertools.count())
+    local = data.train_stream(ds.train, batch_size=batch, seed=0,
+                              start_step=0, stop_step=1 << 40,
+                              augment="inception", image_size=size,
+                              workers=workers)
   else:
-    local = itertools.chain.from_iterable(
-        ((x, y) for x, y, _ in data.eval_batches(ds.test, batch_size=batch,
-                                                 image_size=size))
-        for _ in itertools.count())
-  for x, y in data.prefetch(local):
-    x, y = data.to_global(target, x, y)
-    jax.block_until_ready(x)
-    yield len(y)
+    # The test split many times over: one pass of one pool of workers, as
+    # on a validation set far larger than the synthetic one.
+    test = data.Split(ds.test.source, np.tile(ds.test.indices, 1000))
+    local = ((x, y) for x, y, _ in data.eval_batches(
+        test, batch_size=batch, image_size=size, workers=workers))
+  batches = data.device_batches(local, target)
+  try:
+    for x, y in batches:
+      jax.block_until_ready(x)
+      yield len(y)
+  finally:
+    batches.close()
 
 
 def _decode_worker(jpegs: list[bytes], seconds: float, queue) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from lfr_jax import preprocessing  # pylint: disable=g-import-not-at-top
   count, start = 0, time.perf_counter()
   for jpeg in itertools.cycle(jpegs):
-    with Image.open(io.BytesIO(jpeg)) as image:
-      image.convert("RGB").load()
+    preprocessing.decode(jpeg, 3)
     count += 1
     if time.perf_counter() - start >= seconds:
       break
@@ -242,15 +255,56 @@ def _decode(settings: dict[str, Any], cores: list[int]) -> dict[str, Any]:
           1e3 * cpu / images, "first_batch_s": 0.0, "images": images}
 
 
-def measure(path: str, cores: int, settings: dict[str, Any], queue) -> None:
+def _stages(settings: dict[str, Any]) -> dict[str, Any]:
+  """CPU ms per image of each stage of the train path, in this process."""
+  from lfr_jax import data  # pylint: disable=g-import-not-at-top
+  from lfr_jax import preprocessing  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = data.load({"name": "imagenet2012", "tfds_data_dir": settings["dir"],
+                  "validation_size": 0})
+  source = ds.train.source.source
+  features = source.dataset_info.features
+  skip = {"image": tfds.decode.SkipDecoding()}
+  size, n = settings["image_size"], len(ds.train)
+  rng = np.random.default_rng(0)
+  clock = time.process_time
+  spent = dict.fromkeys(("record read", "parse", "JPEG decode",
+                         "crop + resize", "flip + float32"), 0.0)
+  images, start = 0, time.perf_counter()
+  while time.perf_counter() - start < settings["seconds"]:
+    t0 = clock()
+    record = source.data_source[int(rng.integers(n))]
+    t1 = clock()
+    jpeg = features.deserialize_example_np(record, decoders=skip)["image"]
+    t2 = clock()
+    image = preprocessing.decode(jpeg, 3)
+    t3 = clock()
+    # pylint: disable=protected-access
+    crop = preprocessing._inception_crop(image, size, rng)
+    t4 = clock()
+    preprocessing.to_float(preprocessing._stack([crop], 1))
+    t5 = clock()
+    for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+      spent[name] += dt
+    images += 1
+  # The flip is a view, copied by the stack; crop + resize includes it.
+  return {"stages_ms": {k: 1e3 * v / images for k, v in spent.items()},
+          "images": images}
+
+
+def measure(path: str, cores: int, workers: int, settings: dict[str, Any],
+            queue) -> None:
   """Times one path on ``cores`` cores; puts a result dict on ``queue``."""
   try:
     mine = _pin(cores)
     if path == "decode":
       queue.put(_decode(settings, mine))
       return
+    if path == "stages":
+      queue.put(_stages(settings))
+      return
     start = time.perf_counter()
-    batches = _batches(path, settings)
+    batches = _batches(path, workers, settings)
     next(batches)
     first = time.perf_counter() - start
     cpu0, start, images = _cpu_seconds(), time.perf_counter(), 0
@@ -267,16 +321,19 @@ def measure(path: str, cores: int, settings: dict[str, Any], queue) -> None:
     queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def run_one(path: str, cores: int, settings: dict[str, Any]) -> dict[str, Any]:
+def run_one(path: str, cores: int, workers: int, settings: dict[str, Any]
+            ) -> dict[str, Any]:
   """Runs :func:`measure` in a fresh process and returns its result."""
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  proc = ctx.Process(target=measure, args=(path, cores, settings, queue))
+  proc = ctx.Process(target=measure,
+                     args=(path, cores, workers, settings, queue))
   proc.start()
   result = queue.get()
   proc.join()
   if "error" in result:
-    raise RuntimeError(f"{path} on {cores} core(s): {result['error']}")
+    raise RuntimeError(f"{path} on {cores} core(s), {workers} worker(s): "
+                       f"{result['error']}")
   return result
 
 
@@ -284,13 +341,13 @@ def run_one(path: str, cores: int, settings: dict[str, Any]) -> dict[str, Any]:
 # The command
 
 
-def _int_list(name: str, value: str) -> list[int]:
+def _int_list(name: str, value: str, lowest: int = 1) -> list[int]:
   try:
     out = [int(v) for v in value.split(",") if v.strip()]
   except ValueError:
     raise BenchError(f"--{name} {value!r} is not a list of integers.") from None
-  if not out or min(out) < 1:
-    raise BenchError(f"--{name} {value!r} must list integers >= 1.")
+  if not out or min(out) < lowest:
+    raise BenchError(f"--{name} {value!r} must list integers >= {lowest}.")
   return out
 
 
@@ -298,6 +355,7 @@ def run() -> None:
   """Makes the data if needed, times every path and core count, prints."""
   from tools import synthetic_imagenet  # pylint: disable=g-import-not-at-top
   cores = _int_list("cores", FLAGS.cores)
+  worker_counts = _int_list("workers", FLAGS.workers, lowest=0)
   paths = [p.strip() for p in FLAGS.paths.split(",") if p.strip()]
   unknown = sorted(set(paths) - set(PATHS))
   if unknown or not paths:
@@ -334,26 +392,44 @@ def run() -> None:
   print()
   settings = {"dir": data_dir, "batch": batch,
               "image_size": FLAGS.image_size, "seconds": FLAGS.seconds}
-  rows, results = [], []
+  rows, results, stages = [], [], None
   for path in paths:
+    if path == "stages":
+      stages = run_one(path, 1, 0, settings)
+      continue
     for n in cores:
-      r = run_one(path, n, settings)
-      r.update(path=path, cores=n, required_per_host=need["per_host"],
-               ratio=r["images_per_s"] / need["per_host"])
-      results.append(r)
-      rows.append([path, str(n), f"{r['images_per_s']:.0f}",
-                   f"{r['cpu_ms_per_image']:.2f}", f"{r['first_batch_s']:.1f}",
-                   f"{need['per_host']:.0f}", f"{r['ratio']:.2f}"])
-      print(f"# {path} on {n} core(s): {r['images_per_s']:.0f} images/s",
-            flush=True)
-  print()
-  print(text.markdown_table(
-      ["path", "cores", "images/s per host", "CPU ms/image",
-       "first batch s", "required images/s per host", "ratio"], rows))
+      for workers in worker_counts if path in PIPELINES else [0]:
+        r = run_one(path, n, workers, settings)
+        r.update(path=path, cores=n, workers=workers,
+                 required_per_host=need["per_host"],
+                 ratio=r["images_per_s"] / need["per_host"])
+        results.append(r)
+        rows.append([path, str(n), str(workers) if path in PIPELINES else "",
+                     f"{r['images_per_s']:.0f}", f"{r['cpu_ms_per_image']:.2f}",
+                     f"{r['first_batch_s']:.1f}", f"{need['per_host']:.0f}",
+                     f"{r['ratio']:.2f}"])
+        print(f"# {path} on {n} core(s), {workers} worker(s): "
+              f"{r['images_per_s']:.0f} images/s", flush=True)
+  if rows:
+    print()
+    print(text.markdown_table(
+        ["path", "cores", "workers", "images/s per host", "CPU ms/image",
+         "first batch s", "required images/s per host", "ratio"], rows))
+  if stages:
+    total = sum(stages["stages_ms"].values())
+    print()
+    print(f"Train path, CPU ms per image by stage (one process, "
+          f"{stages['images']} images):")
+    print()
+    print(text.markdown_table(
+        ["stage", "CPU ms/image", "share"],
+        [[k, f"{v:.3f}", f"{100 * v / total:.0f}%"]
+         for k, v in stages["stages_ms"].items()] +
+        [["total", f"{total:.3f}", "100%"]]))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump({"required": need, "dataset": summary, "settings": settings,
-                 "results": results}, f, indent=1)
+                 "results": results, "stages": stages}, f, indent=1)
 
 
 if __name__ == "__main__":
