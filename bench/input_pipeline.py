@@ -355,6 +355,9 @@ def run() -> None:
   """Makes the data if needed, times every path and core count, prints."""
   from tools import synthetic_imagenet  # pylint: disable=g-import-not-at-top
   cores = _int_list("cores", FLAGS.cores)
+  if max(cores) > common.visible_cores():
+    raise BenchError(f"--cores {FLAGS.cores!r}: this process may use "
+                     f"{common.visible_cores()} cores.")
   worker_counts = _int_list("workers", FLAGS.workers, lowest=0)
   paths = [p.strip() for p in FLAGS.paths.split(",") if p.strip()]
   unknown = sorted(set(paths) - set(PATHS))

@@ -236,8 +236,9 @@ def imagenet(method: str, **method_settings) -> ml_collections.ConfigDict:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
   c.inner.update({"eps": IMAGENET_EPS, "step_size": 2 / 255, "num_steps": 2,
                   "warmup_epochs": 20.0})
-  # workers: a v3 host has 96 vCPUs; one worker makes about 250 Inception
-  # crops/s (docs/BENCHMARKS.md) and LLR's pace needs about 350 per host.
+  # workers: a v3 host has 96 vCPUs; one worker makes about 230 Inception
+  # crops/s on a 2026 x86 core (docs/BENCHMARKS.md) and LLR's pace needs
+  # about 350 per host: 8 leave a wide margin.
   c.data.update({"name": "imagenet2012", "batch_size": 512,
                  "augment": "inception", "image_size": 224,
                  "validation_size": 10000, "workers": 8})

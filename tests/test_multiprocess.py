@@ -186,8 +186,11 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path):
   _kill_resume_and_compare(tmp_path, args, mnist_lfr.get_config("smoke"))
 
 
+@pytest.mark.slow
 def test_tfds_path_killed_and_resumed_trains_like_one(tmp_path,
                                                       synthetic_imagenet):
+  # Five training processes plus their Grain workers: about 100 CPU-seconds,
+  # so slow; the default set reads the tfds path with two processes above.
   # SmallCNN on 28 x 28 Inception crops of the synthetic ImageNet: the real
   # tfds reader and Grain workers at the cost of an MNIST smoke run.
   overrides = {"data.name": "imagenet2012",
