@@ -16,10 +16,17 @@ Splits: "validation" is held out from the *end* of the train split
 ``train_size``), "test" is the test split (ImageNet: its validation split).
 
 Batches: the training order is a permutation drawn from (seed, epoch), so
-:func:`train_batches` can start at any (epoch, step) and reproduce the batches
-of an uninterrupted run exactly. Each host reads only its slice of every
-global batch (``process_index`` of ``process_count``); :func:`to_global` then
-assembles the host-local numpy arrays into one array sharded over the mesh.
+:func:`train_stream` (global steps, across epochs) and :func:`train_batches`
+(one epoch) can start at any step and reproduce the batches of an
+uninterrupted run exactly. Each host reads only its slice of every global
+batch (``process_index`` of ``process_count``). With ``workers`` > 0, tfds
+images are read, decoded and augmented in Grain worker processes
+(:mod:`lfr_jax.grain_batches`), whole batches at a time by the function the
+in-process path calls, so the batches are the same bytes for any worker
+count. :func:`device_batches` assembles each host slice into one array
+sharded over the mesh (:func:`to_global`, i.e.
+``jax.make_array_from_process_local_data``) in a background thread, ahead of
+the step.
 
 Example::
 
@@ -38,7 +45,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 

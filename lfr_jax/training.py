@@ -307,7 +307,7 @@ class _Run:
         self.dataset.train, batch_size=cfg.batch_size, seed=self.config.seed,
         start_step=start, stop_step=stop, process_index=jax.process_index(),
         process_count=jax.process_count(), augment=cfg.augment,
-        image_size=cfg.image_size, workers=cfg.workers)
+        image_size=cfg.image_size, workers=cfg.get("workers", 0))
     return data.device_batches(local, self.batch_sharding)
 
   def train(self) -> bool:
