@@ -117,6 +117,10 @@ def base(method: str) -> ml_collections.ConfigDict:
       "batch_size": 128,         # global, over all hosts and devices
       "augment": "none",         # "none", "crop_flip", "inception"
       "image_size": 0,           # 0 = native (ImageNet needs a size)
+      # Grain worker processes that read, decode and augment tfds images;
+      # 0 = in the training process. In-memory arrays (MNIST IDX) are always
+      # read in-process.
+      "workers": 0,
   })
   c.optim = ml_collections.ConfigDict({
       "name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False,
@@ -258,9 +262,12 @@ def imagenet(method: str, **method_settings) -> ml_collections.ConfigDict:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
   c.inner.update({"eps": IMAGENET_EPS, "step_size": 2 / 255, "num_steps": 2,
                   "warmup_epochs": 20.0})
+  # workers: a v3 host has 96 vCPUs; one worker makes about 230 Inception
+  # crops/s on a 2026 x86 core (docs/BENCHMARKS.md) and LLR's pace needs
+  # about 350 per host: 8 leave a wide margin.
   c.data.update({"name": "imagenet2012", "batch_size": 512,
                  "augment": "inception", "image_size": 224,
-                 "validation_size": 10000})
+                 "validation_size": 10000, "workers": 8})
   c.optim.update({"lr": 0.1, "weight_decay": 1e-4,
                   "decay_epochs": (35.0, 70.0, 95.0)})
   c.train.num_epochs = 100.0
@@ -318,6 +325,7 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     _small_resnet(c, width=16, image_size=64)
     c.data.batch_size = 128
     c.data.validation_size = 1000
+    c.data.workers = 0
   c.distributed.enabled = False
 
 
@@ -392,6 +400,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   elif c.data.name == "imagenet2012":
     _small_resnet(c, width=8, image_size=32)
     c.data.validation_size = 16
+    c.data.workers = 0
   c.distributed.enabled = False
 
 

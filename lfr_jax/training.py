@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging as std_logging
 import math
@@ -439,15 +440,20 @@ class _Run:
              100 * result["pgd_acc"], result["examples"])
     return result
 
-  def batches(self, epoch: int, start: int) -> Iterator[tuple[jax.Array, ...]]:
+  def batches(self, start: int, stop: int) -> Iterator[tuple[jax.Array, ...]]:
+    """Global steps ``start`` to ``stop - 1`` as placed batches, across epochs.
+
+    One stream (and one pool of data workers) serves the whole call; each
+    batch is a pure function of (seed, epoch, step), so a resumed run gets
+    the batches of an uninterrupted one.
+    """
     cfg = self.config.data
-    local = data.train_batches(
+    local = data.train_stream(
         self.dataset.train, batch_size=cfg.batch_size, seed=self.config.seed,
-        epoch=epoch, start_step=start, process_index=jax.process_index(),
+        start_step=start, stop_step=stop, process_index=jax.process_index(),
         process_count=jax.process_count(), augment=cfg.augment,
-        image_size=cfg.image_size)
-    for x, y in data.prefetch(local):
-      yield data.to_global(self.batch_sharding, x, y)
+        image_size=cfg.image_size, workers=cfg.get("workers", 0))
+    return data.device_batches(local, self.batch_sharding)
 
   def train(self) -> bool:
     """Runs the remaining steps.
@@ -476,13 +482,14 @@ class _Run:
     # waits for the device, so it happens at log points and saves only).
     window, in_flight = [], collections.deque()
     window_start, window_steps = time.time(), 0
+    stream = self.batches(step, stop_at)
     try:
       while step < stop_at:
         epoch, first = divmod(step, self.steps_per_epoch)
         bar.set_description(f"{cfg.method} epoch {epoch + 1}/"
                             f"{math.ceil(self.total_steps / self.steps_per_epoch)}")
         last = min(self.steps_per_epoch, stop_at - epoch * self.steps_per_epoch)
-        for x, y in self.batches(epoch, first):
+        for x, y in itertools.islice(stream, last - first):
           self.state, metrics = self.train_step(self.state, x, y)
           step += 1
           window.append(metrics)
@@ -530,6 +537,7 @@ class _Run:
           if step - epoch * self.steps_per_epoch >= last:
             break
     finally:
+      stream.close()
       bar.close()
     return step >= self.total_steps
 
