@@ -62,10 +62,9 @@ def test_temporary_files_of_a_killed_writer_are_ignored_by_workdir_checks(
   assert not (tmp_path / ".summary.json.tmp-999999999-0a1b2c3d").exists()
 
 
-# Runs in a subprocess that imports once, then forks one writer per trial
-# (a fresh interpreter per kill would spend seconds importing matplotlib).
-# Runs in a subprocess that imports once, then forks one writer per trial;
-# each writer rewrites the file with two alternating contents until killed.
+# Runs in a subprocess that imports once, then forks one writer per trial (a
+# fresh interpreter per kill would spend seconds importing matplotlib); each
+# writer rewrites the file with two alternating contents until killed.
 _HARNESS = textwrap.dedent("""
     import hashlib, os, random, signal, sys, time
     sys.path.insert(0, {repo!r})
