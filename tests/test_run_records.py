@@ -98,21 +98,39 @@ def test_changed_test_settings_test_a_finished_run_again(tmp_path):
           if r["split"] == "test"] == [16, 8]
 
 
-def test_a_stopped_and_resumed_run_reports_what_a_straight_one_does(tmp_path):
-  """The resumed run ended with collapse_step -1 where the straight one had 4
-  (its first logging window after the stop was cut short)."""
-  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+def test_a_resumed_run_reports_and_records_what_a_straight_one_does(tmp_path):
+  """Two resumes of one run, each compared with a straight run.
+
+  After a stop (max_steps) the resumed run ended with collapse_step -1 where
+  the straight one had 4 (its first logging window after the stop was cut
+  short). After a kill that lost the last checkpoint but not the rows logged
+  before it, metrics.jsonl held the steps trained again twice.
+  """
+  import shutil
+  straight, split = str(tmp_path / "straight"), tmp_path / "split"
   whole = training.train_and_evaluate(constant(), straight)
-  stopped = training.train_and_evaluate(constant(train__max_steps=3), split)
+  stopped = training.train_and_evaluate(constant(train__max_steps=3),
+                                        str(split))
   assert not stopped["completed"] and stopped["collapse_step"] == -1
-  resumed = training.train_and_evaluate(constant(), split)
+  resumed = training.train_and_evaluate(constant(), str(split))
   for key in ("collapse_step", "collapsed_at_end", "best_val", "nan_step",
               "test_clean_acc", "test_pgd_acc"):
     assert resumed[key] == whole[key], key
   # The logging windows end at the same steps with the same means.
-  assert _rows(split, "train") == _rows(straight, "train")
+  assert _rows(str(split), "train") == _rows(straight, "train")
   assert [h["outcome"] for h in resumed["history"]] == ["stopped", "completed"]
   assert resumed["history"][1]["from_step"] == 3
+  # As a run killed after logging steps 5-8 but before saving step 8 leaves it.
+  assert (split / "checkpoints" / "8").is_dir()
+  for folder in ("checkpoints/8", "best_checkpoint/8"):
+    if (split / folder).is_dir():
+      shutil.rmtree(split / folder)
+  (split / "summary.json").unlink()
+  again = training.train_and_evaluate(constant(), str(split))
+  assert again["history"][-1]["from_step"] == 4  # steps 5-8 trained again
+  assert again["collapse_step"] == whole["collapse_step"]
+  for name in ("train", "train_epoch", "val", "test"):
+    assert _rows(str(split), name) == _rows(straight, name), name
 
 
 @pytest.mark.slow  # a train.py killed mid-run, and two runs (about 1 min)
@@ -214,19 +232,3 @@ def test_collapse_verdicts_from_an_older_checkpoints_metrics():
   assert training.collapse_from_metrics(rows, 8, 2) == (4, True)
   assert training.collapse_from_metrics(rows, 6, 2) == (4, False)
   assert training.collapse_from_metrics(rows, 3, 2) == (-1, False)
-
-
-def test_steps_trained_again_are_recorded_once(tmp_path):
-  """metrics.jsonl got duplicate rows for the steps a resume trained again."""
-  import shutil
-  straight, cut = str(tmp_path / "straight"), tmp_path / "cut"
-  training.train_and_evaluate(smoke(), straight)
-  training.train_and_evaluate(smoke(), str(cut))
-  # As a run killed after logging steps 5-8 but before saving step 8 leaves it.
-  for folder in ("checkpoints/8", "best_checkpoint/8"):
-    if (cut / folder).is_dir():
-      shutil.rmtree(cut / folder)
-  (cut / "summary.json").unlink()
-  training.train_and_evaluate(smoke(), str(cut))
-  for split in ("train", "train_epoch", "val", "test"):
-    assert _rows(str(cut), split) == _rows(straight, split), split
