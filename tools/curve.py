@@ -80,8 +80,9 @@ class CurveRow:
 
 
 def _flag_value(value) -> str:
+  """A value as ml_collections parses it from the command line."""
   if isinstance(value, tuple):
-    return ",".join(map(str, value)) if value else "()"
+    return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
   return str(value)
 
 
@@ -92,6 +93,14 @@ ROWS = (
     CurveRow("lfr_softplus_s0", "mnist_lfr_softplus", "LFR, softplus SmallCNN"),
     CurveRow("lfr_warmup_s0", "mnist_lfr_warmup", "LFR, ε warm-up"),
     CurveRow("llr_s0", "mnist_llr", "LLR"),
+    # The cheapest LFR: one inner step of 1.25 eps from a uniform start
+    # (Wong et al.'s FGSM-RS step), lambda 0.1, run 4x as many epochs.
+    CurveRow("lfr_k1_s0", "mnist_lfr", "LFR, K = 1 from a uniform start "
+             "(λ=0.1)", overrides=(
+                 ("inner.num_steps", 1), ("inner.step_size", 0.375),
+                 ("lfr.start", "uniform"), ("lfr.lam", 0.1),
+                 ("train.num_epochs", 20.0), ("optim.decay_epochs", (18.0,))),
+             epochs=(1, 2, 5, 10, 20)),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 EPOCHS = common.CURVE_KEEP_EPOCHS
