@@ -318,8 +318,7 @@ def stage_flops(root: str, rows, dry_run: bool) -> None:
     print(f"{row.name}: {result['rows'][row.name]['flops']:.3g} FLOPs/step",
           flush=True)
   os.makedirs(root, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_json(path, result)
 
 
 def stage_bench(root: str, rows, dry_run: bool) -> None:
