@@ -109,6 +109,8 @@ def test_a_resumed_run_reports_and_records_what_a_straight_one_does(tmp_path):
   import shutil
   straight, split = str(tmp_path / "straight"), tmp_path / "split"
   whole = training.train_and_evaluate(constant(), straight)
+  # Not vacuous: the straight run has a collapse for the resumed one to lose.
+  assert whole["collapse_step"] == 4
   stopped = training.train_and_evaluate(constant(train__max_steps=3),
                                         str(split))
   assert not stopped["completed"] and stopped["collapse_step"] == -1
@@ -126,6 +128,10 @@ def test_a_resumed_run_reports_and_records_what_a_straight_one_does(tmp_path):
     if (split / folder).is_dir():
       shutil.rmtree(split / folder)
   (split / "summary.json").unlink()
+  # Not vacuous: the rows of steps 5-8 (and the test row) are still there,
+  # so training those steps again without dropping them would repeat them.
+  cut = [(r["split"], r["step"]) for r in _records(str(split))]
+  assert {("train", 6), ("train", 8), ("test", 8)} <= set(cut)
   again = training.train_and_evaluate(constant(), str(split))
   assert again["history"][-1]["from_step"] == 4  # steps 5-8 trained again
   assert again["collapse_step"] == whole["collapse_step"]
