@@ -98,9 +98,8 @@ def read_config(path) -> ml_collections.ConfigDict:
 def _describe(keys: list[str], old: dict, new: dict, limit: int = 6) -> str:
   def show(key, tree):
     return json.dumps(tree[key]) if key in tree else "absent"
-  # Top-level fields (method, seed) first: a changed method explains the
-  # section fields that change with it, and must not fall past the limit.
-  keys = sorted(keys, key=lambda k: ("." in k, k))
+  # ``keys`` come from config_differences, shallowest first: a changed
+  # method leads and does not fall past the limit.
   parts = [f"{k} ({show(k, old)} -> {show(k, new)})" for k in keys[:limit]]
   more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
   return ", ".join(parts) + more
