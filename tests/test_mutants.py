@@ -1,9 +1,9 @@
 """tools/mutants.py: every one-line bug of the core maths is caught.
 
-The fast test checks the mutant table against the code (each original text
-found exactly once, each named test present); the slow one applies every
-mutant to a temporary copy and runs its tests (see the README's development
-section for its run time).
+The fast tests check both mutant tables against the code (each original text
+found exactly once, each named test present); the slow ones apply every
+mutant to a temporary copy and run its tests (see the README's development
+section for their run times).
 """
 
 import os
@@ -20,6 +20,14 @@ from tools import mutants  # noqa: E402
 def test_mutant_table_matches_the_code():
   assert mutants.problems() == []
   assert len(mutants.MUTANTS) >= 16
+
+
+def test_second_set_matches_the_code_and_explains_its_equivalents():
+  assert mutants.problems(mutants.REFERENCE_MUTANTS) == []
+  assert len(mutants.REFERENCE_MUTANTS) >= 100
+  for m in mutants.REFERENCE_MUTANTS:
+    assert m.suite == mutants.suite_files(m.path)
+    assert not m.equivalent or len(m.equivalent) > 40, m.name
 
 
 def test_a_moved_original_is_reported_stale(tmp_path):
@@ -41,4 +49,14 @@ def test_every_mutant_is_caught():
   print(mutants.table(results))
   missed = [f"{r.mutant.name}: {r.status} {r.detail[-300:]}"
             for r in results if r.status != "caught"]
+  assert not missed, "\n".join(missed)
+
+
+@pytest.mark.slow
+def test_every_constant_mutant_is_caught_or_equivalent():
+  results = mutants.run(mutants.REFERENCE_MUTANTS,
+                        log=lambda line: print(line, flush=True))
+  print(mutants.table(results))
+  missed = [f"{r.mutant.name}: {r.status} {r.detail[-300:]}"
+            for r in results if r.status not in ("caught", "equivalent")]
   assert not missed, "\n".join(missed)
