@@ -43,6 +43,29 @@ def test_a_moved_original_is_reported_stale(tmp_path):
   assert mutants._try(moved, str(tmp_path), 10).status == "stale"
 
 
+def test_suite_runs_go_fastest_first_within_each_file(tmp_path):
+  from tools import mutants_plugin
+  nodes = ["tests/a.py::slow", "tests/a.py::untimed", "tests/a.py::quick",
+           "tests/b.py::other", "tests/a.py::late"]
+  times = {"tests/a.py::slow": 9.0, "tests/a.py::quick": 0.5,
+           "tests/a.py::late": 1.0, "tests/b.py::other": 0.1}
+  order = mutants_plugin.fastest_first(nodes, times)
+  assert [nodes[i] for i in order] == [
+      "tests/a.py::quick", "tests/a.py::late", "tests/a.py::slow",
+      "tests/a.py::untimed", "tests/b.py::other"]
+  path = tmp_path / "times.json"
+  assert mutants_plugin.read_times(str(path)) == {}
+  path.write_text("not json")
+  assert mutants_plugin.read_times(str(path)) == {}
+
+
+def test_test_runs_share_a_compilation_cache_inside_the_copy(tmp_path):
+  env = mutants._env(str(tmp_path), order=True)
+  assert env["JAX_COMPILATION_CACHE_DIR"].startswith(str(tmp_path))
+  assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+  assert "LFR_MUTANTS_ORDER" in env and "LFR_MUTANTS_TIMES" not in env
+
+
 @pytest.mark.slow
 def test_every_mutant_is_caught():
   results = mutants.run(log=lambda line: print(line, flush=True))

@@ -15,14 +15,20 @@ status 1, and fails the slow tests of ``tests/test_mutants.py``.
 The second set, :data:`REFERENCE_MUTANTS`, changes every numeric constant
 and normalization of the attacks' and regularizers' update rules, one at a
 time; it was written after the reference tests and not tuned to them. Each
-of its mutants runs the default-suite test files of its module
-(:data:`SUITES`), after an optional first try of the tests most likely to
-catch it. A mutant that cannot change a computed value says why in its
+of its mutants runs the default-suite test files that target its module
+(:data:`SUITES`), after a first try of the tests most likely to catch it.
+A mutant that cannot change a computed value says why in its
 ``equivalent`` field and is reported "equivalent" when it survives.
 ``--old_suite`` runs the second set against the old suite instead: the same
-modules' test files at :data:`OLD_SUITE_COMMIT`, before the reference tests;
-``--record`` saves the outcome, and the default run prints the old suite's
-recorded rate beside the current one.
+modules' test files as they were at :data:`OLD_SUITE_COMMIT`, before the
+reference tests; ``--record`` saves the outcome, and the default run prints
+the old suite's recorded rate beside the current one.
+
+All test runs of one check share XLA's persistent compilation cache in the
+copy, so a run compiles only what its mutant changed. The unmutated
+baseline records every test's time; the suite files then run each file's
+tests fastest first (``tools/mutants_plugin.py``), so that ``-x`` stops at
+the cheapest test that fails, and the baseline is run in that order too.
 
 Usage::
 
@@ -48,6 +54,10 @@ import time
 from typing import Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from tools import mutants_plugin  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,15 +263,16 @@ MUTANTS: tuple[Mutant, ...] = (
 # tests (tests/test_attack_trajectories.py, tests/test_regularizer_references.py)
 # and not tuned to them. Each runs its module's default-suite test files
 # (``suite``, new reference tests first); ``tests`` only orders the search.
-# The old suite is the same module's test files at OLD_SUITE_COMMIT, the
-# commit before the reference tests.
+# The old suite is the same modules' test files at OLD_SUITE_COMMIT: main
+# when the reference tests were merged into it, i.e. the tests before them.
 
-OLD_SUITE_COMMIT = "42e6731eb6f5ff2fa678ac03a54c47c57b2d9ac3"
+OLD_SUITE_COMMIT = "2b436d110888a8ba0e9a3f60f4e9a8970f6e9407"
 # The old suite's outcome on the second set, written by
 # ``python tools/mutants.py --old_suite --record tools/mutants_old_suite.json``.
 OLD_SUITE_RECORD = os.path.join(REPO, "tools", "mutants_old_suite.json")
 _TRAJ = "tests/test_attack_trajectories.py"
 _REFS = "tests/test_regularizer_references.py"
+_VARIANTS = "tests/test_lfr_variants.py"
 # Module prefix -> (test files of the current default suite, new first;
 # the old suite's files).
 SUITES = {
@@ -274,10 +285,12 @@ SUITES = {
         ("tests/test_losses.py", "tests/test_attacks.py",
          "tests/test_regularizers.py", "tests/test_objectives.py")),
     "lfr_jax/regularizers.py": (
-        (_REFS, "tests/test_regularizers.py", "tests/test_objectives.py"),
-        ("tests/test_regularizers.py", "tests/test_objectives.py")),
+        (_REFS, _VARIANTS, "tests/test_regularizers.py",
+         "tests/test_objectives.py"),
+        (_VARIANTS, "tests/test_regularizers.py", "tests/test_objectives.py")),
     "lfr_jax/objectives.py": (
-        (_REFS, "tests/test_objectives.py"), ("tests/test_objectives.py",)),
+        (_REFS, _VARIANTS, "tests/test_objectives.py"),
+        (_VARIANTS, "tests/test_objectives.py")),
 }
 
 
@@ -317,7 +330,7 @@ def _square(i, new):
   return _ref(f"square_threshold_{old[i]}", _DIAG, _SQUARE,
               _SQUARE.replace(", ".join(old), ", ".join(bumped)),
               f"random search halves p after query {new}, not {old[i]}",
-              ("test_random_search_schedule_over_a_full_square_budget",))
+              ("test_random_search_window_schedule_is_square_attacks",))
 
 
 REFERENCE_MUTANTS: tuple[Mutant, ...] = (
@@ -826,9 +839,10 @@ REFERENCE_MUTANTS: tuple[Mutant, ...] = (
          "the l_inf penalty norm is a mean",
          ("test_input_gradient_norm_matches_reference",)),
     _ref("lfr_step_double", _REG,
-         "return project_linf(x_adv + step_size * jnp.sign(ascent), x, eps)",
-         "return project_linf(x_adv + 2 * step_size * jnp.sign(ascent), x, "
+         "return project_linf(x_adv + step_size * jnp.sign(direction), x, "
          "eps)",
+         "return project_linf(x_adv + 2 * step_size * jnp.sign(direction), "
+         "x, eps)",
          "LFR's inner max steps twice the step size",
          ("test_local_flatness_matches_reference",)),
     _ref("lfr_ascent_objective_mean", _REG,
@@ -847,6 +861,97 @@ REFERENCE_MUTANTS: tuple[Mutant, ...] = (
          "\"l1\").sum()",
          "LFR's inner max ascends the l1 norm whatever the penalty's norm",
          ("test_local_flatness_matches_reference",)),
+    # LFR's first-order variants: the dual directions, h, 1/h, the start.
+    _ref("dual_l1_halved", _REG,
+         "    return jnp.sign(g)",
+         "    return 0.5 * jnp.sign(g)",
+         "the l1 dual direction sign(g) / 2",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("dual_l2_unnormalized", _REG,
+         "return (flat / jnp.where(size > 0, size, 1.0)).reshape(g.shape)",
+         "return flat.reshape(g.shape)",
+         "the l2 dual direction g, not g / ||g||_2",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("dual_l2_zero_guard", _REG,
+         "return (flat / jnp.where(size > 0, size, 1.0)).reshape(g.shape)",
+         "return (flat / jnp.where(size > 0, size, 2.0)).reshape(g.shape)",
+         "the l2 dual direction's zero guard divides by 2",
+         equivalent="the guard's value is used only where ||g||_2 = 0, "
+         "i.e. g = 0, and 0 / 1 = 0 / 2: s is unchanged"),
+    _ref("dual_linf_smallest", _REG,
+         "hot = jax.nn.one_hot(jnp.argmax(jnp.abs(flat), axis=1), "
+         "flat.shape[1],",
+         "hot = jax.nn.one_hot(jnp.argmin(jnp.abs(flat), axis=1), "
+         "flat.shape[1],",
+         "the l_inf dual direction at the smallest |g_i|",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("dual_linf_every_sign", _REG,
+         "return (hot * jnp.sign(flat)).reshape(g.shape)",
+         "return jnp.sign(flat).reshape(g.shape)",
+         "the l_inf dual direction sign(g) (the l1 one)",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("dual_linf_unsigned", _REG,
+         "return (hot * jnp.sign(flat)).reshape(g.shape)",
+         "return hot.reshape(g.shape)",
+         "the l_inf dual direction e_m without the sign of g_m",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("fd_ascent_step_double", _REG,
+         "return (input_gradients(logits_fn, x_adv + fd_step * s, y) - g) "
+         "/ fd_step",
+         "return (input_gradients(logits_fn, x_adv + 2 * fd_step * s, y) - "
+         "g) / fd_step",
+         "the first-order ascent differences over 2 h",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("fd_ascent_unscaled", _REG,
+         "return (input_gradients(logits_fn, x_adv + fd_step * s, y) - g) "
+         "/ fd_step",
+         "return (input_gradients(logits_fn, x_adv + fd_step * s, y) - g)",
+         "the first-order ascent direction without its 1/h",
+         ("test_flatness_ascent_direction_matches_reference",)),
+    _ref("fd_penalty_step_double", _REG,
+         "shifted = losses.cross_entropy(logits_fn(x_point + fd_step * s), "
+         "y)",
+         "shifted = losses.cross_entropy(logits_fn(x_point + 2 * fd_step * "
+         "s), y)",
+         "the first-order penalty differences over 2 h",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("fd_penalty_unscaled", _REG,
+         "return (shifted - losses.cross_entropy(logits_fn(x_point), y)) / "
+         "fd_step",
+         "return (shifted - losses.cross_entropy(logits_fn(x_point), y))",
+         "the first-order penalty without its 1/h",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("fd_direction_default_h", _REG,
+         "ascent: str = \"exact\", fd_step: float = 0.01",
+         "ascent: str = \"exact\", fd_step: float = 0.02",
+         "the first-order direction's default h 0.02",
+         ("test_first_order_pieces_default_to_h_001",)),
+    _ref("fd_ascent_default_h", _REG,
+         "                    fd_step: float = 0.01, start: str = "
+         "\"gaussian\"",
+         "                    fd_step: float = 0.02, start: str = "
+         "\"gaussian\"",
+         "the first-order ascent's default h 0.02",
+         ("test_first_order_pieces_default_to_h_001",)),
+    _ref("fd_penalty_default_h", _REG,
+         "                              fd_step: float = 0.01,",
+         "                              fd_step: float = 0.02,",
+         "the first-order penalty's default h 0.02",
+         ("test_first_order_pieces_default_to_h_001",)),
+    _ref("lfr_uniform_start_one_sided", _REG,
+         "x + eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0), x, "
+         "eps)",
+         "x + eps * jax.random.uniform(key, x.shape, x.dtype, 0.0, 1.0), x, "
+         "eps)",
+         "LFR's uniform start in [0, eps]",
+         ("test_first_order_flatness_matches_reference",)),
+    _ref("lfr_uniform_start_half", _REG,
+         "x + eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0), x, "
+         "eps)",
+         "x + 0.5 * eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, "
+         "1.0), x, eps)",
+         "LFR's uniform start in half the ball",
+         ("test_first_order_flatness_matches_reference",)),
     _ref("llr_start_half", _REG,
          "delta0 = project(jax.random.uniform(key, x.shape, x.dtype, -1.0, "
          "1.0) * eps)",
@@ -967,18 +1072,33 @@ REFERENCE_MUTANTS: tuple[Mutant, ...] = (
          ("test_objective_defaults_are_the_papers_settings",)),
     _ref("default_lfr_lambda", _OBJ,
          "\"lfr\": {\"step_size\": 0.01, \"num_steps\": 40, \"lam\": 0.02, "
-         "\"norm\": \"l1\"},",
+         "\"norm\": \"l1\",",
          "\"lfr\": {\"step_size\": 0.01, \"num_steps\": 40, \"lam\": 0.01, "
-         "\"norm\": \"l1\"},",
+         "\"norm\": \"l1\",",
          "LFR's default lambda 0.01",
          ("test_objective_defaults_are_the_papers_settings",)),
     _ref("default_lfr_inner", _OBJ,
          "\"lfr\": {\"step_size\": 0.01, \"num_steps\": 40, \"lam\": 0.02, "
-         "\"norm\": \"l1\"},",
+         "\"norm\": \"l1\",",
          "\"lfr\": {\"step_size\": 0.02, \"num_steps\": 40, \"lam\": 0.02, "
-         "\"norm\": \"l1\"},",
+         "\"norm\": \"l1\",",
          "LFR's default inner step 0.02",
          ("test_objective_defaults_are_the_papers_settings",)),
+    _ref("default_lfr_fd_step", _OBJ,
+         "\"ascent\": \"exact\", \"penalty\": \"exact\", \"fd_step\": 0.01,",
+         "\"ascent\": \"exact\", \"penalty\": \"exact\", \"fd_step\": 0.02,",
+         "LFR's default h 0.02",
+         ("test_objective_defaults_are_the_papers_settings",)),
+    _ref("default_lfr_start", _OBJ,
+         "\"start\": \"gaussian\"},",
+         "\"start\": \"uniform\"},",
+         "LFR's default start uniform",
+         ("test_objective_defaults_are_the_papers_settings",)),
+    _ref("lfr_objective_default_h", _OBJ,
+         "fd_step=fd_step, start=start)",
+         "fd_step=0.01, start=start)",
+         "LFR's objective drops its fd_step setting for h = 0.01",
+         ("test_objective_matches_numpy_reference",)),
     _ref("default_trades_beta", _OBJ,
          "\"trades\": {\"step_size\": 0.01, \"num_steps\": 40, \"beta\": "
          "1.0},",
@@ -1067,11 +1187,37 @@ def make_copy(root: str = REPO) -> str:
   return dest
 
 
-def _env(copy: str) -> dict[str, str]:
+# Inside the copy: the persistent XLA compilation cache shared by every test
+# run of one mutation check, and the seconds each test took unmutated.
+_CACHE = ".jax_cache"
+_TIMES = ".test_seconds.json"
+
+
+def _env(copy: str, *, order: bool = False, record: bool = False
+         ) -> dict[str, str]:
+  """The test runs' environment: the copy first on the path, XLA's
+  persistent compilation cache in the copy, and the timing plugin's
+  switches (``order``: fastest tests first; ``record``: save the times).
+
+  The cache is keyed by the compiled program itself (its HLO, the compile
+  options and the jax, jaxlib and XLA versions), so a mutant that changes
+  a program compiles it afresh, while the programs it leaves alone are
+  loaded instead of compiled again: most of a test file's time on CPU.
+  Programs with host callbacks are never cached by jax.
+  """
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
       [copy] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
   env["PYTHONDONTWRITEBYTECODE"] = "1"
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(copy, _CACHE)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  for name in (mutants_plugin.ORDER, mutants_plugin.TIMES):
+    env.pop(name, None)
+  if order:
+    env[mutants_plugin.ORDER] = os.path.join(copy, _TIMES)
+  if record:
+    env[mutants_plugin.TIMES] = os.path.join(copy, _TIMES)
   return env
 
 
@@ -1102,15 +1248,22 @@ def add_old_suite(copy: str, root: str = REPO) -> str:
   return "old_suite"
 
 
-def run_tests(copy: str, nodes: Sequence[str], timeout: float
+def run_tests(copy: str, nodes: Sequence[str], timeout: float, *,
+              order: bool = False, record: bool = False
               ) -> tuple[str, str, str]:
   """Runs ``nodes`` (test ids or files) in the copy with ``-x``, deselecting
-  the slow tests: (status, first failing node, log)."""
+  the slow tests: (status, first failing node, log).
+
+  ``order`` runs each file's tests fastest first (by the recorded times);
+  ``record`` records their times (see ``tools/mutants_plugin.py``).
+  """
   cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-         "-o", "addopts=", "-m", "not slow", "-rfE", *nodes]
+         "-p", "tools.mutants_plugin", "-o", "addopts=", "-m", "not slow",
+         "-rfE", *nodes]
   try:
-    proc = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=copy,
+                          env=_env(copy, order=order, record=record),
+                          capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return "timeout", "", f"over {timeout:.0f} s"
   log = proc.stdout + proc.stderr
@@ -1136,12 +1289,46 @@ class Result:
   detail: str = ""
 
 
-def _stages(m: Mutant, old_suite: str | None) -> list[tuple[str, ...]]:
-  """The test runs tried in turn: the hints, then the module's suite files;
-  against the old suite, only its files (under ``old_suite``)."""
+def _stages(m: Mutant, old_suite: str | None
+            ) -> list[tuple[tuple[str, ...], bool]]:
+  """The test runs tried in turn, each (nodes, fastest first): the hints in
+  their order, then the module's suite files; against the old suite, only
+  its files (under ``old_suite``)."""
   if old_suite is not None:
-    return [tuple(f"{old_suite}/{f}" for f in suite_files(m.path, old=True))]
-  return [stage for stage in (m.tests, m.suite) if stage]
+    return [(tuple(f"{old_suite}/{f}"
+                   for f in suite_files(m.path, old=True)), True)]
+  return [(nodes, fastest) for nodes, fastest in ((m.tests, False),
+                                                  (m.suite, True)) if nodes]
+
+
+def _baseline(mutants: Sequence[Mutant], copy: str, timeout: float,
+              old_suite: str | None, log: Callable[[str], None]) -> None:
+  """Runs every test run of ``mutants`` unmutated; raises unless all pass.
+
+  The first pass, in collection order, records each test's time and fills
+  the compilation cache; the second runs the files fastest first, as the
+  mutants' suite runs do, so that a mutant is never "caught" by a test that
+  fails in that order alone.
+  """
+  stages = {stage for m in mutants if occurrences(m, copy) == 1
+            for stage in _stages(m, old_suite)}
+  everything = {n for nodes, _ in stages for n in nodes}
+  # A node id inside a file that runs whole would run twice.
+  passes = [(sorted(n for n in everything
+                    if "::" not in n or n.split("::")[0] not in everything),
+             False, True)]
+  fastest = sorted({n for nodes, first in stages if first for n in nodes})
+  if fastest:
+    passes.append((fastest, True, False))
+  for nodes, order, record in passes:
+    t0 = time.time()
+    status, node, out = run_tests(copy, nodes, timeout * 2, order=order,
+                                  record=record)
+    log(f"baseline{' (fastest first)' if order else ''}: {len(nodes)} tests "
+        f"or files {status} in {time.time() - t0:.0f} s")
+    if status != "passed":
+      raise RuntimeError(f"the unmutated tests did not pass ({status} "
+                         f"{node}):\n{out[-3000:]}")
 
 
 def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
@@ -1155,7 +1342,7 @@ def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
     root: the repository to copy.
     timeout: seconds allowed for one test run of one mutant.
     baseline: first run every test run unmutated (all must pass, or nothing
-      is tried).
+      is tried); without it the suite files run in collection order.
     keep: keep the temporary copy.
     old: run the second set's mutants against the old suite (the module's
       test files at :data:`OLD_SUITE_COMMIT`) instead of the current one.
@@ -1169,16 +1356,7 @@ def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
     check_imports_copy(copy)
     old_suite = add_old_suite(copy, root) if old else None
     if baseline:
-      runs = sorted({stage for m in mutants if occurrences(m, copy) == 1
-                     for stage in _stages(m, old_suite)})
-      nodes = sorted({n for stage in runs for n in stage})
-      t0 = time.time()
-      status, node, out = run_tests(copy, nodes, timeout * 2)
-      log(f"baseline: {len(nodes)} tests or files {status} in "
-          f"{time.time() - t0:.0f} s")
-      if status != "passed":
-        raise RuntimeError(f"the unmutated tests did not pass ({status} "
-                           f"{node}):\n{out[-3000:]}")
+      _baseline(mutants, copy, timeout, old_suite, log)
     results = []
     for m in mutants:
       results.append(_try(m, copy, timeout, old_suite))
@@ -1205,8 +1383,8 @@ def _try(m: Mutant, copy: str, timeout: float,
   try:
     with open(path, "w", encoding="utf-8") as f:
       f.write(text.replace(m.original, m.replacement))
-    for stage in _stages(m, old_suite):
-      status, node, out = run_tests(copy, stage, timeout)
+    for nodes, fastest in _stages(m, old_suite):
+      status, node, out = run_tests(copy, nodes, timeout, order=fastest)
       if status != "passed":
         break
   finally:

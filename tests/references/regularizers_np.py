@@ -11,6 +11,15 @@ written out from the models' hand derivatives (no autodiff). Sources:
   direction of ||g(x')||_1 is H(x') sign(g(x')), H the input Hessian of the
   cross-entropy (and H g / ||g||_2, H sign(g_m) e_m for the l_2 and l_inf
   norms, m the largest entry).
+- LFR's first-order variants (``lfr_jax.regularizers``' module docstring,
+  after Finlay & Oberman 2019, "Scaleable input gradient regularization for
+  adversarial robustness", who approximate the gradient norm by a finite
+  difference of the loss): with s the dual direction of g = d_x L(x')
+  (d||g||/dg: sign(g) for l_1, g / ||g||_2 for l_2, sign(g_m) e_m for
+  l_inf), the ascent direction H s is replaced by (g(x' + h s) - g(x')) / h
+  and the penalty ||g(x')|| = g . s by (L(x' + h s) - L(x')) / h, s held
+  fixed; the uniform start x + eps U[-1, 1]^d, clipped, is Wong et al.
+  2020's (Alg. 3, "delta = Uniform(-eps, eps)").
 - the first-order penalty ||d_x L(x)||_1 (LFR Definition 2, Theorem 2: LFR
   at eps = 0).
 - LLR (Qin et al. 2019, "Adversarial robustness through local
@@ -66,12 +75,14 @@ def norm(v, name):
 
 
 def norm_gradient(g, name):
-  """d ||g|| / d g per example."""
+  """d ||g|| / d g per example: the dual direction s, g . s = ||g|| (0 where
+  an l_2 gradient is 0)."""
   f = flat(g)
   if name == "l1":
     out = np.sign(f)
   elif name == "l2":
-    out = f / np.sqrt((f ** 2).sum(axis=1, keepdims=True))
+    size = np.sqrt((f ** 2).sum(axis=1, keepdims=True))
+    out = f / np.where(size > 0, size, 1.0)
   else:
     out = np.zeros_like(f)
     m = np.abs(f).argmax(axis=1)
@@ -89,19 +100,61 @@ def project(z, x, eps):
   return np.clip(np.clip(z, x - eps, x + eps), 0.0, 1.0)
 
 
-def flatness_ascent(model, x, y, noise, eps, step, num_steps, norm_name="l1"):
-  """LFR Eq. 3 by sign-PGD: every iterate, the start first."""
-  out = [project(x + INIT_STD * noise, x, eps)]
+def fd_flatness_direction(model, x, y, norm_name, h):
+  """(g(x' + h s) - g(x')) / h: the first-order ascent direction."""
+  g = ce_input_gradient(model, x, y)
+  s = norm_gradient(g, norm_name)
+  return (ce_input_gradient(model, x + h * s, y) - g) / h
+
+
+def fd_penalty(model, x, y, norm_name, h):
+  """(L(x' + h s) - L(x')) / h: the first-order penalty."""
+  s = norm_gradient(ce_input_gradient(model, x, y), norm_name)
+  ce = lambda v: maths.cross_entropy(model.logits(v), y)
+  return (ce(x + h * s) - ce(x)) / h
+
+
+def flatness_start(x, eps, draw, start="gaussian"):
+  """x + 0.001 N(0, 1) (draw normal) or x + eps U[-1, 1] (draw uniform),
+  projected."""
+  if start == "uniform":
+    return project(x + eps * draw, x, eps)
+  return project(x + INIT_STD * draw, x, eps)
+
+
+def flatness_ascent(model, x, y, noise, eps, step, num_steps, norm_name="l1",
+                    ascent="exact", h=None, start="gaussian"):
+  """LFR Eq. 3 by sign-PGD: (every iterate, the start first; every point at
+  which the model is queried). ``noise`` is the start's draw."""
+  out = [flatness_start(x, eps, noise, start)]
+  queries = []
   for _ in range(num_steps):
-    d = flatness_direction(model, out[-1], y, norm_name)
-    out.append(project(out[-1] + step * np.sign(d), x, eps))
-  return out
+    z = out[-1]
+    if ascent == "exact":
+      d = flatness_direction(model, z, y, norm_name)
+      queries.append(z)
+    else:
+      d = fd_flatness_direction(model, z, y, norm_name, h)
+      s = norm_gradient(ce_input_gradient(model, z, y), norm_name)
+      queries += [z, z + h * s]
+    out.append(project(z + step * np.sign(d), x, eps))
+  return out, queries
 
 
-def local_flatness(model, x, y, noise, eps, step, num_steps, norm_name="l1"):
-  iterates = flatness_ascent(model, x, y, noise, eps, step, num_steps,
-                             norm_name)
-  return norm(ce_input_gradient(model, iterates[-1], y), norm_name), iterates
+def local_flatness(model, x, y, noise, eps, step, num_steps, norm_name="l1",
+                   ascent="exact", penalty="exact", h=None, start="gaussian"):
+  """(value, iterates, queries) of LFR (or its first-order variants)."""
+  iterates, queries = flatness_ascent(model, x, y, noise, eps, step,
+                                      num_steps, norm_name, ascent, h, start)
+  last = iterates[-1]
+  if penalty == "exact":
+    value = norm(ce_input_gradient(model, last, y), norm_name)
+    queries = queries + [last]
+  else:
+    value = fd_penalty(model, last, y, norm_name, h)
+    s = norm_gradient(ce_input_gradient(model, last, y), norm_name)
+    queries = queries + [last, last + h * s, last]
+  return value, iterates, queries
 
 
 def trades(model, x, noise, eps, step, num_steps):
