@@ -66,6 +66,36 @@ def test_test_runs_share_a_compilation_cache_inside_the_copy(tmp_path):
   assert "LFR_MUTANTS_ORDER" in env and "LFR_MUTANTS_TIMES" not in env
 
 
+def test_a_sample_is_reproducible_and_in_the_order_drawn():
+  table = mutants.REFERENCE_MUTANTS
+  first = mutants.sample(table, 10, seed=3)
+  assert first == mutants.sample(table, 10, seed=3)
+  assert len({m.name for m in first}) == 10
+  assert first != mutants.sample(table, 10, seed=4)
+  every = mutants.sample(table, len(table) + 5, seed=3)
+  assert sorted(m.name for m in every) == sorted(m.name for m in table)
+  assert every[:10] == first  # a prefix of a full draw is a sample too
+
+
+def test_records_compare_on_the_mutants_both_runs_tried(tmp_path):
+  names = [m.name for m in mutants.REFERENCE_MUTANTS[:3]]
+  results = [mutants.Result(mutants.REFERENCE_MUTANTS[0], "caught", "t::a",
+                            2.0),
+             mutants.Result(mutants.REFERENCE_MUTANTS[1], "missed", "", 3.0)]
+  path = tmp_path / "old.json"
+  mutants.write_record(str(path), results, "old", planned=3, command="c")
+  old = mutants.read_record(str(path))
+  assert (old["caught"], old["total"], old["planned"]) == (1, 2, 3)
+  assert old["hardware"].endswith("CPU")
+  line = mutants.comparison(
+      {names[0]: "caught", names[1]: "caught", names[2]: "caught"}, old)
+  assert "On the 2 mutants both tried: this suite 2 of 2 caught" in line
+  assert "the old suite" in line and "1 of 2 caught" in line
+  assert "not recorded" in mutants.comparison({names[0]: "caught"}, None)
+  text = mutants.report(old, old)
+  assert f"| {names[0]} |" in text and "not run" in text
+
+
 @pytest.mark.slow
 def test_every_mutant_is_caught():
   results = mutants.run(log=lambda line: print(line, flush=True))

@@ -36,7 +36,10 @@ Usage::
     python tools/mutants.py --set first           # the first set only
     python tools/mutants.py --only apgd_no_halving,lfr_eps_half
     python tools/mutants.py --list                # the table, nothing run
-    python tools/mutants.py --old_suite --record tools/mutants_old_suite.json
+    python tools/mutants.py --old_suite --record \
+        docs/results/mutants/old_suite.json
+    python tools/mutants.py --set reference --sample 20 --seed 1  # 20 drawn
+    python tools/mutants.py --report docs/results/mutants/default_suite.json
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ import argparse
 import dataclasses
 import json
 import os
+import platform
+import random
 import re
 import shutil
 import subprocess
@@ -268,8 +273,10 @@ MUTANTS: tuple[Mutant, ...] = (
 
 OLD_SUITE_COMMIT = "2b436d110888a8ba0e9a3f60f4e9a8970f6e9407"
 # The old suite's outcome on the second set, written by
-# ``python tools/mutants.py --old_suite --record tools/mutants_old_suite.json``.
-OLD_SUITE_RECORD = os.path.join(REPO, "tools", "mutants_old_suite.json")
+# ``python tools/mutants.py --old_suite --record
+# docs/results/mutants/old_suite.json``.
+OLD_SUITE_RECORD = os.path.join(REPO, "docs", "results", "mutants",
+                                "old_suite.json")
 _TRAJ = "tests/test_attack_trajectories.py"
 _REFS = "tests/test_regularizer_references.py"
 _VARIANTS = "tests/test_lfr_variants.py"
@@ -1333,7 +1340,8 @@ def _baseline(mutants: Sequence[Mutant], copy: str, timeout: float,
 
 def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
         timeout: float = 1800.0, baseline: bool = True, keep: bool = False,
-        old: bool = False, log: Callable[[str], None] = print
+        old: bool = False, log: Callable[[str], None] = print,
+        progress: Callable[[list[Result]], None] | None = None
         ) -> list[Result]:
   """Applies each mutant alone to a fresh copy of ``root`` and runs its tests.
 
@@ -1347,6 +1355,8 @@ def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
     old: run the second set's mutants against the old suite (the module's
       test files at :data:`OLD_SUITE_COMMIT`) instead of the current one.
     log: progress printer.
+    progress: called with the results so far after each mutant (e.g. to
+      save a partial record that an interrupted run leaves behind).
 
   Returns:
     One :class:`Result` per mutant, in order.
@@ -1362,6 +1372,8 @@ def run(mutants: Sequence[Mutant] = MUTANTS, *, root: str = REPO,
       results.append(_try(m, copy, timeout, old_suite))
       r = results[-1]
       log(f"{m.name}: {r.status} {r.caught_by} ({r.seconds:.0f} s)")
+      if progress is not None:
+        progress(list(results))
     return results
   finally:
     if keep:
@@ -1419,11 +1431,33 @@ def summary(results: Sequence[Result]) -> tuple[int, int, int]:
           sum(r.status == "equivalent" for r in results), len(results))
 
 
-def write_record(path: str, results: Sequence[Result], suite: str) -> None:
-  """Saves a run's outcome (per mutant, and when) as JSON."""
+def hardware() -> str:
+  """The machine in words, e.g. "2-core x86_64 CPU"."""
+  return f"{os.cpu_count()}-core {platform.machine()} CPU"
+
+
+def sample(mutants: Sequence[Mutant], k: int, seed: int) -> list[Mutant]:
+  """``k`` of ``mutants`` (all if there are no more), the first ``k`` of a
+  random permutation drawn by ``seed``: any prefix of a run (one that was
+  stopped early) is a random sample too, and a smaller ``k`` tries the
+  first mutants of a larger one."""
+  order = random.Random(seed).sample(range(len(mutants)), len(mutants))
+  return [mutants[i] for i in order[:k]]
+
+
+def write_record(path: str, results: Sequence[Result], suite: str,
+                 planned: int | None = None, command: str = "") -> None:
+  """Saves a run's outcome (per mutant, when, and on what machine) as JSON.
+
+  ``planned``: how many mutants the run was to try (``total`` is how many it
+  has tried; fewer if it was interrupted); ``command``: how it was run.
+  """
   caught, equivalent, total = summary(results)
   record = {"suite": suite, "old_suite_commit": OLD_SUITE_COMMIT,
-            "date": time.strftime("%Y-%m-%d"), "caught": caught,
+            "date": time.strftime("%Y-%m-%d"), "hardware": hardware(),
+            "command": command, "set_size": len(REFERENCE_MUTANTS),
+            "planned": total if planned is None else planned,
+            "caught": caught,
             "equivalent": equivalent, "total": total,
             "seconds": round(sum(r.seconds for r in results)),
             "mutants": {r.mutant.name: {"status": r.status,
@@ -1444,6 +1478,62 @@ def read_record(path: str = OLD_SUITE_RECORD) -> dict | None:
     return None
 
 
+def _rate(statuses: dict[str, str], names: Sequence[str]) -> str:
+  caught = sum(statuses[n] == "caught" for n in names)
+  equivalent = sum(statuses[n] == "equivalent" for n in names)
+  return f"{caught} of {len(names)} caught, {equivalent} equivalent"
+
+
+def comparison(statuses: dict[str, str], old: dict | None) -> str:
+  """One line: the current suite's and the old suite's catch rates on the
+  mutants both tried (``statuses``: name -> status of the current run;
+  ``old``: the old suite's record, or None)."""
+  if not old:
+    return ("The old suite's rate is not recorded: run `python "
+            "tools/mutants.py --old_suite --record "
+            f"{os.path.relpath(OLD_SUITE_RECORD, REPO)}`.")
+  old_statuses = {k: v["status"] for k, v in old["mutants"].items()}
+  both = [n for n in statuses if n in old_statuses]
+  if not both:
+    return "The old suite's record shares no mutant with this run."
+  return (f"On the {len(both)} mutants both tried: this suite "
+          f"{_rate(statuses, both)}; the old suite (the tests at "
+          f"{old['old_suite_commit'][:7]}, {old['date']}) "
+          f"{_rate(old_statuses, both)}.")
+
+
+def report(new: dict, old: dict | None) -> str:
+  """Markdown: the catch rates of two records (the current suite's and the
+  old suite's) and, per mutant of the second set, the test that caught it."""
+  lines = [f"# Mutation check: every constant and normalization\n",
+           f"Written by `python tools/mutants.py --report`, from "
+           f"`{new['command']}` ({new['date']}, {new['hardware']}"
+           + (f") and `{old['command']}` ({old['date']}, {old['hardware']})."
+              if old else ")."), ""]
+  statuses = {k: v["status"] for k, v in new["mutants"].items()}
+  lines.append(f"- Default suite: {_rate(statuses, list(statuses))} of the "
+               f"{new['planned']} planned (the set has {new['set_size']}).")
+  if old:
+    old_statuses = {k: v["status"] for k, v in old["mutants"].items()}
+    lines.append(f"- Old suite: {_rate(old_statuses, list(old_statuses))} of "
+                 f"the {old['planned']} planned.")
+  lines += ["- " + comparison(statuses, old), "",
+            "| mutant | file | constant or normalization changed | test meant "
+            "to pin it | default suite: caught by | old suite |",
+            "|---|---|---|---|---|---|"]
+  for m in REFERENCE_MUTANTS:
+    got = new["mutants"].get(m.name)
+    was = (old or {}).get("mutants", {}).get(m.name)
+    what = m.what + (f" (equivalent: {m.equivalent})" if m.equivalent
+                     else "")
+    here = (f"{got['status']}: `{got['caught_by']}`" if got
+            and got["caught_by"] else got["status"] if got else "not run")
+    meant = ", ".join(f"`{t.split('::')[-1]}`" for t in m.tests) or "-"
+    lines.append(f"| {m.name} | {m.path} | {what.replace('|', '/')} | "
+                 f"{meant} | {here} | {was['status'] if was else 'not run'} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--set", default="all",
@@ -1452,6 +1542,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "(REFERENCE_MUTANTS) or both")
   parser.add_argument("--only", default="",
                       help="comma-separated mutant names (default: all)")
+  parser.add_argument("--sample", type=int, default=0,
+                      help="run only this many of the second set's mutants, "
+                      "drawn at random (reproducibly, by --seed)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="the seed of --sample's draw")
+  parser.add_argument("--report", default="",
+                      help="print the Markdown report of this record of the "
+                      "default suite (with the old suite's record beside "
+                      "it), run nothing")
   parser.add_argument("--list", action="store_true",
                       help="print the table of mutants and their tests")
   parser.add_argument("--old_suite", action="store_true",
@@ -1466,6 +1565,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--keep", action="store_true",
                       help="keep the temporary copy")
   args = parser.parse_args(argv)
+  if args.report:
+    new = read_record(args.report)
+    if new is None:
+      parser.error(f"no record at {args.report}")
+    print(report(new, read_record()), end="")
+    return 0
   first = list(MUTANTS) if args.set in ("all", "first") else []
   second = (list(REFERENCE_MUTANTS)
             if args.set in ("all", "reference") or args.old_suite else [])
@@ -1479,6 +1584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error(f"unknown mutant(s) {unknown}; see --list")
     first = [m for m in first if m.name in names]
     second = [m for m in second if m.name in names]
+  if args.sample:
+    second = sample(second, args.sample, args.seed)
   if args.list:
     for m in first + second:
       print(f"{m.name}  [{m.path}]  {m.what}")
@@ -1491,9 +1598,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   for line in bad:
     print(f"table: {line}", file=sys.stderr)
   progress = lambda s: print(s, file=sys.stderr, flush=True)
+  suite_name = "old" if args.old_suite else "default"
+  command = "python tools/mutants.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+
+  def save(results: list[Result]) -> None:
+    if args.record:
+      write_record(args.record, results[len(first):], suite_name,
+                   planned=len(second), command=command)
+
   results = run(first + second, timeout=args.timeout,
                 baseline=not args.no_baseline, keep=args.keep,
-                old=args.old_suite, log=progress)
+                old=args.old_suite, log=progress, progress=save)
   first_results, second_results = results[:len(first)], results[len(first):]
   ok = not bad
   if first_results:
@@ -1511,21 +1627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{equivalent} shown equivalent, "
           f"{total - caught - equivalent} missed.")
     if not args.old_suite:
-      old = read_record()
-      if old and set(old["mutants"]) == {m.name for m in REFERENCE_MUTANTS}:
-        print(f"The old suite (the tests at {OLD_SUITE_COMMIT[:7]}) caught "
-              f"{old['caught']} of {old['total']} ({old['equivalent']} "
-              f"equivalent), measured {old['date']} by `python "
-              f"tools/mutants.py --old_suite --record "
-              f"{os.path.relpath(OLD_SUITE_RECORD, REPO)}`.")
-      else:
-        print("The old suite's rate is not recorded for this table: run "
-              "`python tools/mutants.py --old_suite --record "
-              f"{os.path.relpath(OLD_SUITE_RECORD, REPO)}`.")
+      print(comparison({r.mutant.name: r.status for r in second_results},
+                       read_record()))
     ok &= caught + equivalent == total
-    if args.record:
-      write_record(args.record, second_results,
-                   "old" if args.old_suite else "default")
+    save(results)
   for r in results:
     if r.status not in ("caught", "equivalent") and r.detail:
       print(f"\n--- {r.mutant.name} ({r.status}) ---\n{r.detail}")
