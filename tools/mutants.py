@@ -36,8 +36,7 @@ Usage::
     python tools/mutants.py --set first           # the first set only
     python tools/mutants.py --only apgd_no_halving,lfr_eps_half
     python tools/mutants.py --list                # the table, nothing run
-    python tools/mutants.py --old_suite --record \
-        docs/results/mutants/old_suite.json
+    python tools/mutants.py --old_suite --record old_suite.json
     python tools/mutants.py --set reference --sample 20 --seed 1  # 20 drawn
     python tools/mutants.py --report docs/results/mutants/default_suite.json
 """
