@@ -94,6 +94,12 @@ def test_records_compare_on_the_mutants_both_runs_tried(tmp_path):
   assert "not recorded" in mutants.comparison({names[0]: "caught"}, None)
   text = mutants.report(old, old)
   assert f"| {names[0]} |" in text and "not run" in text
+  rerun = dict(old, command="again",
+               mutants={names[1]: {"status": "caught", "caught_by": "t::b",
+                                   "seconds": 1.0}})
+  merged = mutants.merge_records([old, rerun])
+  assert (merged["caught"], merged["total"]) == (2, 2)
+  assert old["mutants"][names[1]]["status"] == "missed"  # not modified
 
 
 @pytest.mark.slow

@@ -508,7 +508,8 @@ REFERENCE_MUTANTS: tuple[Mutant, ...] = (
          "while points[-1] + interval <= num_steps:",
          "while points[-1] + interval < num_steps:",
          "APGD drops a checkpoint at the last step",
-         ("test_apgd_matches_reference",)),
+         ("test_apgd_matches_reference",
+          "tests/test_attacks.py::test_apgd_checkpoints_match_paper_formula")),
     _ref("apgd_window_length", _APGD,
          "window[point - 1] = point - prev",
          "window[point - 1] = point - prev + 1",
@@ -1501,6 +1502,19 @@ def comparison(statuses: dict[str, str], old: dict | None) -> str:
           f"{_rate(old_statuses, both)}.")
 
 
+def merge_records(records: Sequence[dict]) -> dict:
+  """One record from several runs of the same suite: a later run's outcome
+  of a mutant replaces an earlier one's; the commands are joined."""
+  merged = dict(records[0], mutants=dict(records[0]["mutants"]))
+  for r in records[1:]:
+    merged["mutants"].update(r["mutants"])
+    merged["command"] += f"`, then `{r['command']}"
+  statuses = [m["status"] for m in merged["mutants"].values()]
+  merged.update(caught=statuses.count("caught"),
+                equivalent=statuses.count("equivalent"), total=len(statuses))
+  return merged
+
+
 def report(new: dict, old: dict | None) -> str:
   """Markdown: the catch rates of two records (the current suite's and the
   old suite's) and, per mutant of the second set, the test that caught it."""
@@ -1548,8 +1562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="the seed of --sample's draw")
   parser.add_argument("--report", default="",
                       help="print the Markdown report of this record of the "
-                      "default suite (with the old suite's record beside "
-                      "it), run nothing")
+                      "default suite (comma-separated records: later runs' "
+                      "mutants replace earlier ones'), with the old suite's "
+                      "record beside it; run nothing")
   parser.add_argument("--list", action="store_true",
                       help="print the table of mutants and their tests")
   parser.add_argument("--old_suite", action="store_true",
@@ -1565,10 +1580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="keep the temporary copy")
   args = parser.parse_args(argv)
   if args.report:
-    new = read_record(args.report)
-    if new is None:
-      parser.error(f"no record at {args.report}")
-    print(report(new, read_record()), end="")
+    records = [read_record(path) for path in args.report.split(",")]
+    if any(r is None for r in records):
+      parser.error(f"no record at one of {args.report}")
+    print(report(merge_records(records), read_record()), end="")
     return 0
   first = list(MUTANTS) if args.set in ("all", "first") else []
   second = (list(REFERENCE_MUTANTS)
