@@ -7,7 +7,9 @@ reference below restates its ``perturb`` loop with the same torch pieces it
 uses (``optim.SGD`` with lr 1 and ``CosineAnnealingLR(eta_min=0.01)`` stepped
 before the optimizer, per-example CE summed over the batch). Our
 ``attacks.ddn(levels=256)`` must find the same adversarial points and norms
-on the same linear model. Skips when torch is not installed.
+on the same linear model, and, in float64, take the same path: every point
+at which the two query a small softplus MLP agrees. Skips when torch is not
+installed.
 """
 
 import jax
@@ -47,11 +49,13 @@ def _reference_ddn(model, x, y, *, nb_iter, gamma=0.05, init_norm=1.0,
     grad_norms = delta.grad.flatten(1).norm(p=2, dim=1)
     delta.grad.div_(grad_norms.view(-1, 1, 1, 1))
     optimizer.step()
-    norm.mul_(1 - (2 * is_adv.float() - 1) * gamma)
+    # advertorch's is_adv.float(), in x's dtype (its images are float32).
+    norm.mul_(1 - (2 * is_adv.to(x.dtype) - 1) * gamma)
     delta.data.mul_((norm / delta.data.flatten(1).norm(p=2, dim=1)
                      ).view(-1, 1, 1, 1))
     delta.data.add_(x)
-    delta.data.mul_(levels - 1).round_().div_(levels - 1)
+    if levels is not None:
+      delta.data.mul_(levels - 1).round_().div_(levels - 1)
     delta.data.clamp_(0, 1).sub_(x)
   found = best_l2 < worst_norm
   return (x + best_delta).detach(), torch.where(found, best_l2,
@@ -121,3 +125,56 @@ def test_ddn_rejects_bad_levels():
   with pytest.raises(ValueError, match="levels must be an integer >= 2"):
     attacks.ddn(lambda z: jnp.zeros((2, 10)), x, y, jax.random.key(0),
                 num_steps=2, levels=1)
+
+
+def test_ddn_trajectory_matches_advertorch_reference_in_float64():
+  """Every iterate x + delta_i that DDN judges, in float64, on a softplus
+  MLP, with advertorch's defaults (gamma 0.05, initial norm 1, 256 grey
+  levels): the cosine-annealed unit gradient step, the (1 -+ gamma)
+  budget, the rescaling, the grey levels and the clip, step by step. 12
+  steps from norm 1 stay below the box's largest norm, where our cap would
+  differ."""
+  levels = 256
+  from references import tiny_models
+  model = tiny_models.make("softplus_mlp", 3, (4, 4, 1), 5)
+  rng = np.random.default_rng(4)
+  x = np.clip(rng.uniform(-0.2, 1.2, (6, 4, 4, 1)), 0.0, 1.0)
+  y = model.logits(x).argmax(axis=1)
+  nb_iter = 12
+  before = (jax.config.jax_enable_x64, torch.get_default_dtype())
+  jax.config.update("jax_enable_x64", True)
+  torch.set_default_dtype(torch.float64)
+  try:
+    ours, forward = [], model.jax_logits()
+
+    def logits_fn(z):
+      jax.debug.callback(lambda v: ours.append(np.asarray(v)), z,
+                         ordered=True)
+      return forward(z)
+
+    x_adv, norms = attacks.ddn(logits_fn, jnp.asarray(x), jnp.asarray(y),
+                               jax.random.key(0), num_steps=nb_iter,
+                               levels=levels)
+    jax.effects_barrier()
+    w1, b1, w2, b2 = (torch.from_numpy(a) for a in (model.w1, model.b1,
+                                                     model.w2, model.b2))
+    theirs = []
+
+    def torch_model(z):  # z NHWC, as _reference_ddn passes it through
+      theirs.append(z.detach().numpy().copy())
+      return torch.nn.functional.softplus(
+          z.reshape(z.shape[0], -1) @ w1 + b1) @ w2 + b2
+
+    ref_adv, ref_norms = _reference_ddn(
+        torch_model, torch.from_numpy(x), torch.from_numpy(y).long(),
+        nb_iter=nb_iter, levels=levels)
+  finally:
+    jax.config.update("jax_enable_x64", before[0])
+    torch.set_default_dtype(before[1])
+  assert len(ours) == len(theirs) == nb_iter
+  for i, (a, b) in enumerate(zip(ours, theirs)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=f"step {i}")
+  np.testing.assert_allclose(np.asarray(x_adv), ref_adv.numpy(), atol=1e-10)
+  np.testing.assert_allclose(np.asarray(norms), ref_norms.numpy(),
+                             rtol=1e-12)
+  assert np.isfinite(ref_norms.numpy()).any()
