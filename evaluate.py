@@ -7,7 +7,7 @@ Usage::
     python evaluate.py --torch_checkpoint=model.pt --model=small_cnn
 
 The program lives in :mod:`lfr_jax.commands.evaluate` (also installed as the
-``lfr-evaluate`` console script); see its docstring for the flags.
+``lfr-evaluate`` console script); ``--help`` lists its flags.
 """
 
 from lfr_jax.commands.evaluate import entry

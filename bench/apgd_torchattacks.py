@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 from lfr_jax import attacks  # noqa: E402
 from lfr_jax import cli  # noqa: E402
 from lfr_jax import data  # noqa: E402
+from lfr_jax import files  # noqa: E402
 from lfr_jax import interop  # noqa: E402
 from lfr_jax import models  # noqa: E402
 from lfr_jax import objectives  # noqa: E402
@@ -337,7 +338,7 @@ def run() -> None:
           "from python train.py --config=configs/mnist_at.py:quick "
           "--workdir=runs/mnist_at_quick) or lower --eps")
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+    with files.atomic_file(FLAGS.json) as f:
       json.dump({"machine": common.machine_line(FLAGS.threads),
                  "model": source, "n": n, "jax_s": jax_s, "torch_s": torch_s,
                  "compile_s": compile_s,

@@ -62,6 +62,7 @@ import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
 import numpy as np  # noqa: E402
 
 from lfr_jax import cli  # noqa: E402
+from lfr_jax import files  # noqa: E402
 from lfr_jax import text  # noqa: E402
 
 PROG = "bench/input_pipeline.py"
@@ -430,7 +431,7 @@ def run() -> None:
          for k, v in stages["stages_ms"].items()] +
         [["total", f"{total:.3f}", "100%"]]))
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+    with files.atomic_file(FLAGS.json) as f:
       json.dump({"required": need, "dataset": summary, "settings": settings,
                  "results": results, "stages": stages}, f, indent=1)
 

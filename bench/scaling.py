@@ -54,6 +54,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lfr_jax import cli  # noqa: E402
+from lfr_jax import files  # noqa: E402
 from lfr_jax import sharding  # noqa: E402
 from lfr_jax import text  # noqa: E402
 
@@ -358,7 +359,7 @@ def run() -> None:
           f"first-step losses differ by {difference:.1e} (relative)",
           flush=True)
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+    with files.atomic_file(FLAGS.json) as f:
       json.dump(results, f, indent=2)
 
 

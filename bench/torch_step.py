@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (first: this checkout's lfr_jax, fast CPU flags)
 
 from lfr_jax import cli  # noqa: E402
+from lfr_jax import files  # noqa: E402
 from lfr_jax import text  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -156,7 +157,7 @@ def run() -> None:
           seed=FLAGS.seed, schedule=FLAGS.schedule))
   print("\n".join(table(results, FLAGS.batch)), flush=True)
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+    with files.atomic_file(FLAGS.json) as f:
       json.dump({"machine": common.machine_line(FLAGS.threads),
                  "batch": FLAGS.batch, "results": results}, f, indent=2)
 

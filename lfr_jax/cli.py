@@ -3,7 +3,12 @@
 absl and ml_collections report a misspelled ``--config`` override as a long
 traceback whose last line (``Did you mean "lr" instead of "lrr"?``) is the
 useful one. These helpers turn such errors into ``prog: error: one line`` on
-stderr and exit status 2, before anything is written.
+stderr and exit status 2, before anything is written. A full disk, a folder
+that may not be written and a read-only filesystem (``ENOSPC``, ``EACCES``,
+``EPERM``, ``EROFS``, ``EDQUOT``) are one line too, naming the path and the
+cause (:func:`storage_error`), wherever they happen; nothing is lost (files
+are written whole, checkpoints already saved stay). ``--help`` lists the
+program's own flags and exits 0.
 
 Example::
 
@@ -15,8 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -42,6 +49,92 @@ def unknown_field(error: BaseException, argv: list[str]) -> str:
                and "config." in a and key in a.split("=")[0].split(".")),
               f"--config.*.{key}")
   return f"{flag}: no such config field." + (f" {hint}" if hint else "")
+
+
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+# Storage failures a user fixes (space, permissions, a read-only mount).
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device",
+                  errno.EDQUOT: "disk quota exceeded",
+                  errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted",
+                  errno.EROFS: "read-only filesystem"}
+_STORAGE_HINTS = {errno.ENOSPC: "free some space and run again",
+                  errno.EDQUOT: "free some space and run again",
+                  errno.EACCES: "choose a folder you may write",
+                  errno.EPERM: "choose a folder you may write",
+                  errno.EROFS: "choose a writable folder"}
+# How TensorStore and orbax word the same errors inside other exceptions.
+_STORAGE_WORDS = {"No space left on device": errno.ENOSPC,
+                  "Disk quota exceeded": errno.EDQUOT,
+                  "Permission denied": errno.EACCES,
+                  "Operation not permitted": errno.EPERM,
+                  "Read-only file system": errno.EROFS}
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """``error`` and every exception it was raised from or during, in order."""
+  seen, out, todo = set(), [], [error]
+  while todo:
+    e = todo.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    out.append(e)
+    todo += [e.__cause__, e.__context__] + list(
+        getattr(e, "exceptions", ()))  # ExceptionGroup
+  return out
+
+
+def storage_error(error: BaseException) -> str | None:
+  """One line for a full disk, a permission or a read-only filesystem error.
+
+  Looks through the exception, its causes and the messages libraries wrap
+  such errors in (orbax, TensorStore).
+
+  Args:
+    error: any exception.
+
+  Returns:
+    ``<path>: <cause>; <what to do>.``, or None when ``error`` is not one.
+  """
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+      path = e.filename or "a file"
+      return (f"{os.fspath(path)}: {STORAGE_ERRNOS[e.errno]} "
+              f"({errno.errorcode[e.errno]}); {_STORAGE_HINTS[e.errno]}.")
+  for e in _chain(error):
+    message = str(e)
+    for words, code in _STORAGE_WORDS.items():
+      if words in message:
+        quoted = re.findall(r'"(/[^"]+)"|\'(/[^\']+)\'', message)
+        path = next((a or b for a, b in quoted), "a file of the output folder")
+        return (f"{path}: {STORAGE_ERRNOS[code]} ({errno.errorcode[code]}); "
+                f"{_STORAGE_HINTS[code]}.")
+  return None
+
+
+def help_text(prog: str) -> str:
+  """The program's usage (its main module's docstring) and its own flags."""
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  main = sys.modules.get("__main__")
+  doc = (getattr(main, "__doc__", None) or "").strip()
+  foreign = ("absl", "ml_collections", "jax", "flax", "orbax", "etils",
+             "tensorflow", "tensorboard", "chex", "optax")
+  sections, names = [], []
+  for module, module_flags in absl_flags.FLAGS.flags_by_module_dict().items():
+    if module_flags and not module.startswith(foreign):
+      names += [f.name for f in module_flags]
+      # Each module's section, without its "module:" header line.
+      sections += [line for line in
+                   absl_flags.FLAGS.module_help(module).splitlines()
+                   if line.strip() and line.strip() != f"{module}:"]
+  out = ([doc, ""] if doc else []) + [f"{prog} flags:"] + sections
+  configs = [n for n in names if "config" in n]
+  if configs:
+    out.append(f"\nOverride any config field with --{configs[0]}.<section>."
+               f"<field>=value.")
+  out.append("--helpfull lists every flag of every library.")
+  return "\n".join(out)
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -184,6 +277,14 @@ def main(prog: str, run: Callable[..., Any], config_flags: Sequence[Any] = (),
       run(*configs)
     except user_errors as e:
       fail(prog, text.one_line(e))
+    except Exception as e:  # pylint: disable=broad-except
+      line = storage_error(e)
+      if line is None:
+        raise
+      fail(prog, line)
 
   sys.argv = resolve_preset(sys.argv)
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    print(help_text(prog), flush=True)
+    sys.exit(0)
   app.run(body, flags_parser=flags_parser(prog))

@@ -30,6 +30,7 @@ UNROLL = ("auto", "full", "none")
 OPTIMIZERS = ("sgd", "adam")
 EVAL_NORMS = ("linf", "l2")
 TEST_CHECKPOINTS = ("final", "best")
+LINF_RADIUS = "an l_inf radius in [0, 1] (pixels lie in [0, 1])"
 SECTIONS = ("method", "seed", "model", "inner", "data", "optim", "train", "eval",
             "checkpoint", "log", "mesh", "distributed")
 
@@ -117,7 +118,10 @@ def _check_method(config) -> None:
     raise ConfigError(f"config.{method}.{unknown[0]} is not a setting of "
                       f"{method}; valid: {', '.join(allowed) or 'none'}.")
   inner = config.inner
+  # The inner maximizations search an l_inf ball of pixels in [0, 1]: a
+  # radius above 1 is no constraint at all.
   check_number("inner.eps", inner.eps, lo=0)
+  check_number("inner.eps", inner.eps, hi=1, expected=LINF_RADIUS)
   check_number("inner.warmup_epochs", inner.warmup_epochs, lo=0)
   check_choice("inner.unroll", inner.unroll, UNROLL)
   # The values of the method's settings are the objective's to check (one
@@ -183,11 +187,13 @@ def _check_eval(config) -> None:
     raise ConfigError("config.eval.patience counts validated epochs; it needs "
                       "config.eval.every_epochs=1.")
   check_integer("eval.batch_size", e.batch_size, lo=1)
+  check_choice("eval.norm", e.norm, EVAL_NORMS)
   check_number("eval.eps", e.eps, lo=0)
+  if e.norm == "linf":  # an l2 radius may exceed 1
+    check_number("eval.eps", e.eps, hi=1, expected=LINF_RADIUS)
   check_number("eval.step_size", e.step_size, lo=0, lo_open=True)
   check_integer("eval.num_steps", e.num_steps, lo=0)
   check_integer("eval.restarts", e.restarts, lo=1)
-  check_choice("eval.norm", e.norm, EVAL_NORMS)
   check_choice("eval.unroll", e.unroll, UNROLL)
   if not isinstance(e.epoch_test_clean, bool):
     raise ConfigError(f"config.eval.epoch_test_clean must be True or False, "

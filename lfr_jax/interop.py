@@ -271,7 +271,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("pip install torch to import PyTorch checkpoints.") from e
+    raise ImportError(
+        "importing PyTorch checkpoints needs torch: pip install torch "
+        "--index-url https://download.pytorch.org/whl/cpu (the CPU wheel; a "
+        "plain pip install torch pulls a multi-GB CUDA build).") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:  # garbage, or objects beyond tensors

@@ -168,9 +168,21 @@ def fetch(folder: str, url: str = MIRROR, *, timeout: float = 60.0,
     The names of the files downloaded (not those already present).
 
   Raises:
-    DataError: a download failed or a file's checksum does not match.
+    DataError: a download failed or a file's checksum does not match; a
+      folder this call created is removed again when it stays empty.
   """
+  created = not os.path.isdir(folder)
   os.makedirs(folder, exist_ok=True)
+  try:
+    return _fetch_into(folder, url, timeout, log)
+  except DataError:
+    if created and not os.listdir(folder):
+      os.rmdir(folder)  # no empty folder left behind
+    raise
+
+
+def _fetch_into(folder: str, url: str, timeout: float, log) -> list[str]:
+  """The downloads of :func:`fetch` into an existing ``folder``."""
   fetched = []
   for name, expected in MD5.items():
     path = os.path.join(folder, name)
@@ -223,7 +235,10 @@ def main(argv: list[str]) -> int:
   try:
     fetch(folder, args.url)
   except DataError as e:
-    print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    shipped = (f" A clone of the repository already holds the files in "
+               f"{EMBEDDED_DIR}, the default: nothing to fetch there."
+               if os.path.isdir(EMBEDDED_DIR) else "")
+    print(f"{parser.prog}: error: {e}{shipped}", file=sys.stderr)
     return 2
   print(f"MNIST is in {folder}. Use it with:\nexport LFR_DATA_DIR={folder}")
   return 0

@@ -47,6 +47,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers "3d")
 
+from lfr_jax import files
+
 PathLike = str | os.PathLike
 JACOBIAN_MODES = ("minmax", "abs")
 
@@ -55,13 +57,20 @@ JACOBIAN_MODES = ("minmax", "abs")
 
 
 def _save(fig: Figure, path: PathLike | None, arrays: dict, dpi: int) -> None:
-  """Writes the figure to ``path`` and the arrays to ``path`` with .npz."""
+  """Writes the figure to ``path`` and the arrays to ``path`` with .npz.
+
+  Each file is written whole (:func:`lfr_jax.files.atomic_file`): a run
+  killed while drawing leaves the previous figure, never a torn one.
+  """
   if path is None:
     return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi, bbox_inches="tight")
-  np.savez(path.with_suffix(".npz"), **arrays)
+  with files.atomic_file(path, "wb") as f:
+    fig.savefig(f, format=path.suffix[1:] or "png", dpi=dpi,
+                bbox_inches="tight")
+  with files.atomic_file(path.with_suffix(".npz"), "wb") as f:
+    np.savez(f, **arrays)
 
 
 def _nonempty(name: str, mapping: Mapping) -> list[str]:

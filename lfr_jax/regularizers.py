@@ -21,6 +21,23 @@ regularizer by double backprop. Values are per example; average them yourself.
   (decision-surface paper, Eq. 11).
 - :func:`trades_kl` - TRADES' KL(p(x) || p(x')) with its own inner max.
 
+BatchNorm and dropout. The regularizers take every example's input gradient
+in one backward pass of the summed per-example losses; that is each example's
+own gradient only when examples do not interact inside ``logits_fn``. Dropout
+is fine (train mode, for the returned value). BatchNorm must use *fixed*
+statistics in every ``logits_fn`` passed here: the running averages (linen
+``use_running_average=True``, i.e. eval mode) or the statistics of the clean
+batch computed beforehand (what :mod:`lfr_jax.objectives` does with its
+models' "frozen" BatchNorm). Statistics of the batch being differentiated
+(linen train mode) couple the examples and silently mix their gradients.
+
+Checks. Shapes, dtypes (floating images, integer labels), PRNG keys and
+static settings raise one-sentence ``ValueError``s before tracing, also
+under ``jax.jit``. Values (eps >= 0, pixels in [0, 1]) are checked when
+concrete; a traced eps (e.g. a warm-up schedule) cannot be, so the
+projections use max(eps, 0): a negative traced eps gives x itself, and no
+point ever leaves the ball.
+
 Example, differentiating LFR through your own Flax model::
 
     import jax, jax.numpy as jnp
@@ -46,6 +63,45 @@ Example, differentiating LFR through your own Flax model::
       return value.mean()
 
     grads = jax.jit(jax.grad(penalty))(params)
+
+Example, a linen model with BatchNorm (``batch_stats``)::
+
+    import jax, jax.numpy as jnp
+    import flax.linen as nn
+    from lfr_jax import losses, regularizers
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x, train: bool):
+        h = nn.Dense(32)(x.reshape(x.shape[0], -1))
+        h = nn.BatchNorm(use_running_average=not train)(h)
+        return nn.Dense(10)(jax.nn.softplus(h))
+
+    net = Net()
+    x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    y = jnp.arange(8) % 10
+    variables = net.init(jax.random.key(1), x, train=False)
+
+    def loss(params, batch_stats, key):
+      # Clean forward in train mode: batch statistics, running ones updated.
+      logits, updates = net.apply(
+          {"params": params, "batch_stats": batch_stats}, x, train=True,
+          mutable=["batch_stats"])
+      # The regularizer's forwards use fixed (running) statistics.
+      logits_fn = lambda z: net.apply({"params": params, **updates}, z,
+                                      train=False)
+      flatness, _ = regularizers.local_flatness(
+          logits_fn, x, y, key, eps=0.3, step_size=0.1, num_steps=3)
+      ce = losses.cross_entropy(logits, y)
+      return ce.mean() + 0.02 * flatness.mean(), updates["batch_stats"]
+
+    grads, batch_stats = jax.jit(jax.grad(loss, has_aux=True))(
+        variables["params"], variables["batch_stats"], jax.random.key(2))
+    # With fixed statistics each example's value is its own:
+    fixed = lambda z: net.apply(variables, z, train=False)
+    alone = regularizers.input_gradient_norm(fixed, x[:1], y[:1])
+    together = regularizers.input_gradient_norm(fixed, x, y)
+    assert jnp.allclose(alone[0], together[0], rtol=1e-5)
 """
 
 from __future__ import annotations
@@ -123,7 +179,11 @@ def dual_direction(g: jax.Array, norm: str) -> jax.Array:
 
 
 def project_linf(x_adv: jax.Array, x: jax.Array, eps) -> jax.Array:
-  """Projects onto the l_inf ball B(x, eps) intersected with [0, 1]."""
+  """Projects onto the l_inf ball B(x, eps) intersected with [0, 1].
+
+  A negative (traced) ``eps`` counts as 0, so no point ever leaves the ball.
+  """
+  eps = jnp.maximum(eps, 0.0)  # a traced eps cannot be checked under jit
   return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
@@ -133,7 +193,8 @@ def input_gradients(logits_fn: LogitsFn, x: jax.Array, y: jax.Array
 
   Summing per-example losses before ``jax.grad`` gives every example its own
   gradient in one backward pass, provided examples do not interact in
-  ``logits_fn`` (true in eval mode or with frozen BatchNorm statistics).
+  ``logits_fn``: dropout may be on, BatchNorm must use fixed statistics
+  (running or frozen, never the batch's own; see the module docstring).
   """
   return jax.grad(lambda z: losses.cross_entropy(logits_fn(z), y).sum())(x)
 
@@ -154,6 +215,10 @@ def _fori(num_steps: int, body, init, unroll: bool):
 def _check_common(x, y, norm):
   _validate.batch(x, y)
   _validate.choice("norm", norm, NORMS)
+
+
+def _check_key(key, hint: str = ""):
+  _validate.key("key", key, hint)
 
 
 def _check_inner(eps, step_size, num_steps):
@@ -316,7 +381,10 @@ def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   ``CE(x).mean() + lam * value.mean()``.
 
   Args:
-    logits_fn: x -> logits used for the returned value (e.g. train mode).
+    logits_fn: x -> logits used for the returned value: dropout may be on
+      (train mode), BatchNorm must use fixed statistics (running averages,
+      or the clean batch's computed beforehand), as the per-example input
+      gradients assume examples do not interact (see the module docstring).
     x: (N, H, W, C) clean images in [0, 1].
     y: (N,) integer labels.
     key: PRNG key.
@@ -341,6 +409,7 @@ def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     (value (N,), x_worst (N, H, W, C)).
   """
   _check_common(x, y, norm)
+  _check_key(key)
   _check_inner(eps, step_size, num_steps)
   _validate.choice("ascent", ascent, DERIVATIVES)
   _validate.choice("penalty", penalty, DERIVATIVES)
@@ -450,6 +519,7 @@ def local_linearity(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     differentiable with respect to the closed-over parameters.
   """
   _check_common(x, y, "l1")
+  _check_key(key)
   _check_inner(eps, step_size, num_steps)
   delta = linearity_ascent(inner_logits_fn or logits_fn, x, y, key, eps=eps,
                            step_size=step_size, num_steps=num_steps,
@@ -553,6 +623,9 @@ def trades_kl(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
     (kl (N,), x_adv).
   """
   _validate.batch(x)
+  # The common slip: trades_kl(logits_fn, x, y, key) puts the labels here.
+  _check_key(key, " (trades_kl takes no labels: trades_kl(logits_fn, x, key, "
+             "eps=..., step_size=..., num_steps=...))")
   _check_inner(eps, step_size, num_steps)
   x_adv = trades_ascent(inner_logits_fn or logits_fn, x, key, eps=eps,
                         step_size=step_size, num_steps=num_steps,

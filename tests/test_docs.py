@@ -27,10 +27,11 @@ def test_module_docstring_example_runs(name):
   module = importlib.import_module(name)
   doc = module.__doc__ or ""
   assert doc.strip(), f"{name} has no module docstring"
-  match = _EXAMPLE.search(doc + "\n")
-  assert match, f"{name}'s docstring has no 'Example::' block"
-  code = textwrap.dedent(match.group(1))
-  exec(compile(code, f"<{name} docstring>", "exec"), {})
+  blocks = _EXAMPLE.findall(doc + "\n")
+  assert blocks, f"{name}'s docstring has no 'Example::' block"
+  for i, block in enumerate(blocks):  # every Example block, each on its own
+    code = textwrap.dedent(block)
+    exec(compile(code, f"<{name} docstring, example {i + 1}>", "exec"), {})
 
 
 def test_readme_python_examples_run():
@@ -39,3 +40,20 @@ def test_readme_python_examples_run():
   assert blocks, "README has no python example"
   for code in blocks:
     exec(compile(code, "<README.md>", "exec"), {})
+
+
+def test_readme_lists_every_training_preset_and_variant():
+  """The preset table omitted presets and the variant list a variant."""
+  from configs import common
+  root = os.path.join(os.path.dirname(__file__), "..")
+  readme = open(os.path.join(root, "README.md")).read()
+  table = readme.split("## Training presets", 1)[1].split("\n## ", 1)[0]
+  listed = set(re.findall(r"configs/(\w+)\.py", table))
+  for group, names in re.findall(r"configs/(\w+?)_\{([\w,]+)\}\.py", table):
+    listed |= {f"{group}_{name}" for name in names.split(",")}
+  presets = {f[:-3] for f in os.listdir(os.path.join(root, "configs"))
+             if f.endswith(".py") and f[:-3] not in ("__init__", "common",
+                                                     "evaluate")}
+  assert presets - listed == set()
+  for variant in filter(None, common.VARIANTS):
+    assert f"`:{variant}`" in table, variant

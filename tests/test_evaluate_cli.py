@@ -31,13 +31,18 @@ def smoke_run(tmp_path_factory, mnist_dir):
 
 
 def test_evaluate_writes_the_report(smoke_run, tmp_path):
-  out = tmp_path / "eval"
+  versions = tmp_path / "eval"
   proc = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
-                    "--config.eval.num_examples=20", f"--out={out}")
+                    "--config.eval.num_examples=20", f"--out={versions}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  out = versions / "latest"
   for name in ("robustness.md", "robustness.csv", "robustness.json",
                "per_example.npz"):
     assert (out / name).is_file(), name
+  expected = 0o666 & ~_umask()  # mkstemp's 0600 no more
+  for name in ("robustness.md", "robustness.csv", "robustness.json",
+               "per_example.npz", "figures/eps_sweep.png"):
+    assert os.stat(out / name).st_mode & 0o777 == expected, name
   figures = {os.path.basename(p) for p in glob.glob(str(out / "figures" / "*"))}
   for stem in ("eps_sweep", "surface_random_decision_0",
                "surface_adversarial_loss_0", "jacobian_maps",
@@ -48,7 +53,10 @@ def test_evaluate_writes_the_report(smoke_run, tmp_path):
     recorded = json.load(f)["data"]["dir"]  # the folder training read
   assert lines[0] == (f"test data: mnist test split, idx from {recorded}, "
                       f"20 of 10000 images")
-  assert lines[1].startswith("| checkpoint | clean | PGD-2 | FGSM (LFR) |")
+  assert lines[1].startswith("smoke test (configs/evaluate.py:smoke), not "
+                             "the full evaluation: num_examples 20 (full: "
+                             "all);")
+  assert lines[2].startswith("| checkpoint | clean | PGD-2 | FGSM (LFR) |")
   assert any(l.startswith("| final (step 8) |") for l in lines)
   assert "not robust accuracies" in proc.stdout
   checks = [l for l in lines if l.startswith(("PASS ", "WARN "))]
@@ -58,6 +66,45 @@ def test_evaluate_writes_the_report(smoke_run, tmp_path):
   assert report["data"]["examples"] == 20
   assert report["rows"][0]["info"]["checkpoint"] == "final"
   assert {"jax", "flax", "numpy", "python"} <= set(report["software"])
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def test_evaluations_are_versioned_and_latest_is_one_whole_evaluation(
+    smoke_run, tmp_path):
+  """A second evaluation replaced eval/'s report and left the first one's
+  figures beside it: each is now its own folder, latest the newest."""
+  versions = tmp_path / "eval"
+  first = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
+                     "--config.eval.num_examples=12", f"--out={versions}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  first_dir = os.path.realpath(versions / "latest")
+  second = run_script("evaluate.py", f"--workdir={smoke_run}", SMOKE,
+                      "--config.eval.num_examples=8",
+                      "--config.eval.attacks=pgd", "--config.eval.checks=False",
+                      "--config.eval.geometry=False", f"--out={versions}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  second_dir = os.path.realpath(versions / "latest")
+  assert first_dir != second_dir
+  assert sorted(os.listdir(versions)) == sorted(
+      ["latest", os.path.basename(first_dir), os.path.basename(second_dir)])
+  old = json.load(open(os.path.join(first_dir, "robustness.json")))
+  new = json.load(open(os.path.join(second_dir, "robustness.json")))
+  assert old["data"]["examples"] == 12 and len(old["columns"]) > 3
+  assert new["data"]["examples"] == 8 and [c["name"] for c in new[
+      "columns"]] == ["clean", "pgd"]
+  # Each report lists exactly the figures of its own folder.
+  for report, folder in ((old, first_dir), (new, second_dir)):
+    listed = sorted(report["figures"])
+    assert all(not os.path.isabs(p) for p in listed)
+    on_disk = sorted(os.path.join("figures", f) for f in os.listdir(
+        os.path.join(folder, "figures")) if f.endswith(".png"))
+    assert listed == on_disk
+  assert f"{versions / 'latest'} points to it" in second.stdout
 
 
 def _garble(workdir):
@@ -92,6 +139,9 @@ BAD_INPUTS = {
     "eps_out_of_range": (lambda run, tmp: [
         f"--workdir={run}", "--config.eval.eps=1.5"],
                          "config.eval.eps must be a number in [0, 1]"),
+    "workdir_is_a_file": (lambda run, tmp: [
+        f"--workdir={os.path.join(run, 'config.json')}"],
+                          "config.json is a file, not a training workdir."),
     "missing_torch_file": (lambda run, tmp: [
         f"--torch_checkpoint={tmp}/nope.pt", "--model=small_cnn"],
                            "nope.pt does not exist"),
@@ -168,7 +218,7 @@ def test_sweep_trains_evaluates_and_plots(tmp_path):
   proc = run_script("tools/sweep.py", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("sweep.json", "sweep.md", "sweep.png", "lam_0", "lam_0.02",
-               "eval/robustness.json"):
+               "eval/latest/robustness.json"):
     assert (root / name).exists(), name
   with open(root / "sweep.json") as f:
     result = json.load(f)
@@ -237,7 +287,7 @@ def test_evaluate_final_checkpoint_only(smoke_run, tmp_path):
                     "--config.eval.attacks=pgd", "--config.eval.checks=False",
                     "--config.eval.geometry=False", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  report = json.load(open(out / "robustness.json"))
+  report = json.load(open(out / "latest" / "robustness.json"))
   assert len(report["rows"]) == 1
   assert report["rows"][0]["info"]["checkpoint"] in ("final", "final = best")
 
@@ -262,6 +312,6 @@ def test_data_dir_overrides_the_recorded_folder(smoke_run, mnist_dir,
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.splitlines()[0] == (
       f"test data: mnist test split, idx from {folder}, 8 of 10000 images")
-  report = json.load(open(out / "robustness.json"))
+  report = json.load(open(out / "latest" / "robustness.json"))
   assert (report["data"]["source"], report["data"]["dir"]) == (
       "idx", str(folder))

@@ -72,7 +72,9 @@ def test_missing_file_on_mirror_is_one_line(server, tmp_path):
   url, _ = server  # serves an empty folder
   with pytest.raises(mnist.DataError, match="could not download .*train-images"):
     mnist.fetch(str(tmp_path / "dest"), url, log=lambda _: None)
-  assert not [f for f in os.listdir(tmp_path / "dest") if f.endswith(".part")]
+  # Nothing came: the folder the fetch created is gone again (it was left
+  # empty, looking like a data folder).
+  assert not (tmp_path / "dest").exists()
 
 
 def test_fetch_command_prints_the_variable_to_set(server, tmp_path):
@@ -91,6 +93,8 @@ def test_fetch_command_prints_the_variable_to_set(server, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
   assert "could not download http://127.0.0.1:9/" in bad.stderr
+  assert "already holds the files in" in bad.stderr  # the clone's data/mnist
+  assert not (tmp_path / "x").exists()
 
 
 def test_without_any_copy_the_error_names_the_fetch_command(monkeypatch,

@@ -380,11 +380,17 @@ def test_train_py_smoke_prints_one_summary_line(tmp_path):
       [sys.executable, os.path.join(REPO, "train.py"),
        "--config=configs/mnist_standard.py:smoke", f"--workdir={workdir}",
        "--config.eval.val_examples=16", "--config.eval.test_examples=16",
-       "--config.eval.batch_size=16"],
+       "--config.eval.batch_size=16", "--config.eval.epoch_test_clean=True"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1 and "test clean" in lines[0] and "PGD-2" in lines[0]
+  # Two "test clean" numbers, each saying which images it counts and why.
+  assert "on the first 16 test images (final checkpoint)" in lines[0]
+  monitor = [l for l in proc.stderr.splitlines() if "test clean" in l]
+  assert len(monitor) == 2 and all(
+      "on all 10000 test images (monitoring, never used to select)" in l
+      for l in monitor), monitor
   assert (workdir / "summary.json").exists()
 
 

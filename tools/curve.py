@@ -163,8 +163,18 @@ def _load(path: str):
 
 
 def _write_command(folder: str, command: list[str], seconds: float) -> None:
-  with open(os.path.join(folder, "command.json"), "w") as f:
-    json.dump({"command": shown(command), "seconds": seconds}, f)
+  """command.json beside the evaluation just published in ``folder``."""
+  from lfr_jax import files  # pylint: disable=g-import-not-at-top
+  files.write_json(os.path.join(files.latest(folder) or folder,
+                                "command.json"),
+                   {"command": shown(command), "seconds": seconds}, indent=None)
+
+
+def evaluated(folder: str) -> bool:
+  """Whether an evaluation's output folder holds a finished report (its
+  ``latest`` version, or the flat layout of older runs)."""
+  from lfr_jax import files  # pylint: disable=g-import-not-at-top
+  return files.latest_file(folder, "robustness.json") is not None
 
 
 def stage_train(root: str, rows, dry_run: bool) -> None:
@@ -179,7 +189,7 @@ def stage_eval(root: str, rows, dry_run: bool) -> None:
   for row in rows:
     for epoch in row.epochs:
       out = os.path.join(root, "eval", row.name, f"epoch_{epoch}")
-      if os.path.isfile(os.path.join(out, "robustness.json")):
+      if evaluated(out):
         continue
       command = eval_command(row, root, epoch)
       seconds = _run(command, out + ".log", dry_run)
@@ -190,7 +200,7 @@ def stage_eval(root: str, rows, dry_run: bool) -> None:
 def stage_authors_model(root: str, checkpoint: str, dry_run: bool) -> None:
   """The published model through the evaluation of every other row."""
   out = os.path.join(root, "eval", AUTHORS_MODEL)
-  if os.path.isfile(os.path.join(out, "robustness.json")):
+  if evaluated(out):
     return
   command = authors_model_command(root, checkpoint)
   seconds = _run(command, out + ".log", dry_run)
@@ -308,8 +318,7 @@ def stage_flops(root: str, rows, dry_run: bool) -> None:
     print(f"{row.name}: {result['rows'][row.name]['flops']:.3g} FLOPs/step",
           flush=True)
   os.makedirs(root, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_json(path, result)
 
 
 def stage_bench(root: str, rows, dry_run: bool) -> None:
@@ -325,8 +334,8 @@ def stage_bench(root: str, rows, dry_run: bool) -> None:
       "jax": jax.__version__, "device": str(jax.devices()[0].device_kind)},
             "date": time.strftime("%Y-%m-%d")}
   os.makedirs(root, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  from lfr_jax import files  # pylint: disable=g-import-not-at-top
+  files.write_json(path, result)
   for name, t in result["rows"].items():
     print(f"{name}: {t['median_s']:.3f} s/step")
 
@@ -347,6 +356,10 @@ def scrub(text: str) -> str:
 
 
 def _copy(src_dir: str, names, dest_dir: str) -> None:
+  """Copies ``names`` of ``src_dir`` (an evaluation's: its latest version)
+  into ``dest_dir``, scrubbed of this machine's paths, each file whole."""
+  from lfr_jax import files  # pylint: disable=g-import-not-at-top
+  src_dir = files.latest(src_dir) or src_dir
   for name in names:
     src = os.path.join(src_dir, name)
     if os.path.isfile(src):
@@ -354,8 +367,7 @@ def _copy(src_dir: str, names, dest_dir: str) -> None:
       out = "train_summary.json" if name == "summary.json" else name
       with open(src) as f:
         text = scrub(f.read())
-      with open(os.path.join(dest_dir, out), "w") as f:
-        f.write(text)
+      files.write_atomic(os.path.join(dest_dir, out), text)
 
 
 def stage_collect(root: str, results_dir: str = RESULTS_DIR) -> None:

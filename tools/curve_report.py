@@ -19,6 +19,7 @@ import json
 import math
 import os
 
+from lfr_jax import files
 from lfr_jax import text
 from tools import curve
 
@@ -333,7 +334,8 @@ def write_log_figure(results_dir: str) -> str | None:
                "λ = 0.02): our first epochs on the authors' 100")
   fig.tight_layout()
   path = os.path.join(results_dir, LOG_FIGURE)
-  fig.savefig(path, dpi=80)
+  with files.atomic_file(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=80)
   plt.close(fig)
   return path
 
@@ -511,7 +513,8 @@ def write_figure(results_dir: str) -> str | None:
                f"{when})")
   fig.tight_layout()
   path = os.path.join(results_dir, FIGURE)
-  fig.savefig(path, dpi=80)
+  with files.atomic_file(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=80)
   plt.close(fig)
   return path
 

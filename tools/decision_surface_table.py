@@ -54,6 +54,7 @@ if REPO not in sys.path:
 
 import lfr_jax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from lfr_jax import files  # noqa: E402  pylint: disable=g-import-not-at-top
 from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
 
 PROG = "tools/decision_surface_table.py"
@@ -337,9 +338,9 @@ def run() -> None:
   if readings:
     table += "\n" + readings_markdown(readings, dict(zip(labels, paper_rows)),
                                       examples)
-  with open(os.path.join(out, "table.md"), "w") as f:
+  with files.atomic_file(os.path.join(out, "table.md")) as f:
     f.write(table)
-  with open(os.path.join(out, "table.json"), "w") as f:
+  with files.atomic_file(os.path.join(out, "table.json")) as f:
     json.dump({"rows": rows, "readings": readings, "paper": PAPER,
                "paper_rows": dict(zip(labels, paper_rows)), "eps": EPS,
                "examples": examples, "iterations": ITERATIONS, "step": STEP,

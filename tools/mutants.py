@@ -87,6 +87,7 @@ _VALUE = _OBJ + "test_objective_value_matches_float64_reference"
 _REG = "tests/test_regularizers.py::"
 _ATT = "tests/test_attacks.py::"
 _EVAL = "tests/test_evaluation.py::"
+_JIT = "tests/test_jit_checks.py::"
 _LFR_BINDING = (_REG + "test_lfr_inner_max_at_a_binding_radius_matches_"
                 "reference_sign_pgd")
 _THRESHOLDS = _EVAL + "test_masking_check_thresholds"
@@ -142,6 +143,22 @@ MUTANTS: tuple[Mutant, ...] = (
            "return jnp.clip(x_adv, x - eps, x + eps)",
            (_ATT + "test_pgd_linf_reaches_closed_form_optimum[ce]",),
            "attacks' l_inf projection forgets [0, 1]"),
+    # A traced negative eps must not reach the projections (checked only
+    # when concrete).
+    Mutant("attack_negative_eps_unclamped", "lfr_jax/attacks/common.py",
+           "eps = nonneg_radius(eps)  # the ball of a negative radius is its "
+           "centre",
+           "eps = eps",
+           (_JIT + "test_a_traced_negative_eps_never_leaves_the_ball["
+            "pgd_no_random_start]",),
+           "attacks' projection takes a traced negative eps as it is"),
+    Mutant("lfr_negative_eps_unclamped", "lfr_jax/regularizers.py",
+           "eps = jnp.maximum(eps, 0.0)  # a traced eps cannot be checked "
+           "under jit",
+           "eps = eps",
+           (_JIT + "test_a_traced_negative_eps_never_leaves_the_ball["
+            "local_flatness]",),
+           "regularizers' projection takes a traced negative eps as it is"),
     # Norms.
     Mutant("l1_norm_squared", "lfr_jax/regularizers.py",
            "return jnp.abs(flat).sum(axis=1)",

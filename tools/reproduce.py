@@ -39,6 +39,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from lfr_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from lfr_jax import files  # noqa: E402  pylint: disable=g-import-not-at-top
 from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
 from tools import subprocesses  # noqa: E402  pylint: disable=g-import-not-at-top
 from tools.subprocesses import shown  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -175,26 +176,37 @@ def stage_train(root: str, rows: list[Row]) -> None:
                  os.path.join(root, f"{row.name}.log"))
 
 
+def _write_command(folder: str, command: list[str], seconds: float) -> None:
+  """command.json in ``folder`` (an evaluation's: its latest version)."""
+  files.write_json(os.path.join(files.latest(folder) or folder,
+                                "command.json"),
+                   {"command": shown(command), "seconds": seconds}, indent=None)
+
+
+def evaluated(folder: str) -> bool:
+  """Whether an evaluation's output folder holds a finished report (its
+  ``latest`` version, or the flat layout of older runs)."""
+  return files.latest_file(folder, "robustness.json") is not None
+
+
 def stage_eval(root: str, rows: list[Row]) -> None:
   for row in rows:
     out = os.path.join(root, "eval", row.name)
-    if os.path.isfile(os.path.join(out, "robustness.json")):
+    if evaluated(out):
       continue
     command = eval_command(row, root, FLAGS.eval_examples,
                            FLAGS.check_examples)
     seconds = _run(command,
                          os.path.join(root, "eval", f"{row.name}.log"))
     if not FLAGS.dry_run:
-      with open(os.path.join(out, "command.json"), "w") as f:
-        json.dump({"command": shown(command), "seconds": seconds}, f)
+      _write_command(out, command, seconds)
   figures = os.path.join(root, "eval", "figures")
   if (all(r in [row.name for row in rows] for r in GEOMETRY_ROWS)
-      and not os.path.isfile(os.path.join(figures, "robustness.json"))):
+      and not evaluated(figures)):
     command = figures_command(root, FLAGS.eval_examples)
     seconds = _run(command, os.path.join(root, "eval", "figures.log"))
     if not FLAGS.dry_run:
-      with open(os.path.join(figures, "command.json"), "w") as f:
-        json.dump({"command": shown(command), "seconds": seconds}, f)
+      _write_command(figures, command, seconds)
 
 
 def stage_sweep(root: str) -> None:
@@ -212,8 +224,7 @@ def stage_sweep(root: str) -> None:
   command = sweep_command(root, FLAGS.eval_examples)
   seconds = _run(command, os.path.join(sweep_root, "sweep.log"))
   if not FLAGS.dry_run:
-    with open(os.path.join(sweep_root, "command.json"), "w") as f:
-      json.dump({"command": shown(command), "seconds": seconds}, f)
+    _write_command(sweep_root, command, seconds)
 
 
 # Figures copied into docs/results/figures (small PNGs).
@@ -230,7 +241,8 @@ def small_png(src: str, dest: str, max_side: int = 1400,
   with Image.open(src) as img:
     img = img.convert("RGB")
     img.thumbnail((max_side, max_side))
-    img.quantize(colors=colors).save(dest, optimize=True)
+    with files.atomic_file(dest, "wb") as f:
+      img.quantize(colors=colors).save(f, format="PNG", optimize=True)
 
 
 # (metrics.jsonl key, panel title) of the training-curves figure; clean
@@ -292,8 +304,7 @@ def _copy_scrubbed(src: str, dest: str) -> None:
   from tools import curve  # pylint: disable=g-import-not-at-top
   with open(src) as f:
     scrubbed = curve.scrub(f.read())
-  with open(dest, "w") as f:
-    f.write(scrubbed)
+  files.write_atomic(dest, scrubbed)
 
 
 def stage_collect(root: str, rows: list[Row]) -> None:
@@ -303,6 +314,7 @@ def stage_collect(root: str, rows: list[Row]) -> None:
     os.makedirs(dest, exist_ok=True)
     src_train = os.path.join(root, row.name)
     src_eval = os.path.join(root, "eval", row.name)
+    src_eval = files.latest(src_eval) or src_eval
     for src, name in ((src_train, "summary.json"), (src_train, "config.json"),
                       (src_train, "metrics.jsonl"),
                       (src_eval, "robustness.json"),
@@ -311,8 +323,8 @@ def stage_collect(root: str, rows: list[Row]) -> None:
         out_name = "train_summary.json" if name == "summary.json" else name
         _copy_scrubbed(os.path.join(src, name), os.path.join(dest, out_name))
   write_training_curves(RESULTS_DIR)
-  figures = os.path.join(root, "eval", "figures")
-  if os.path.isdir(figures):
+  figures = files.latest(os.path.join(root, "eval", "figures"))
+  if figures is not None:
     dest = os.path.join(RESULTS_DIR, "figures")
     os.makedirs(dest, exist_ok=True)
     for pattern in FIGURE_PATTERNS:
@@ -774,8 +786,7 @@ def run() -> None:
     stage_collect(root, rows)
   if "report" in FLAGS.stages and not FLAGS.dry_run:
     markdown = render(RESULTS_DIR)
-    with open(RESULTS_MD, "w") as f:
-      f.write(markdown)
+    files.write_atomic(RESULTS_MD, markdown)
     print(f"wrote {RESULTS_MD}")
 
 

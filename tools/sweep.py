@@ -13,7 +13,9 @@ resumes each run where it stopped), then evaluates every final checkpoint on
 the test set with ``--attacks`` (default PGD-40 and APGD-CE, settings from
 ``--eval_config``, default configs/evaluate.py) and writes
 ``<workdir>/sweep.{json,md}``, the plot ``<workdir>/sweep.png`` (clean and
-robust accuracy against lambda) and the full report in ``<workdir>/eval/``.
+robust accuracy against lambda) and the full report as a new version of
+``<workdir>/eval/`` (``eval/latest`` points to it; see ``evaluate.py``).
+Every file is written whole.
 
 A mistake in the flags or the configs exits with status 2 and one line on
 stderr, before any training starts.
@@ -42,6 +44,7 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import files
 from lfr_jax import text
 
 DEFAULT_EVAL_CONFIG = os.path.join(REPO, "configs", "evaluate.py")
@@ -195,12 +198,9 @@ def _write_outputs(result: dict, root: str, title: str) -> None:
       {c["label"]: [100 * e["accuracy"][c["name"]] for e in done]
        for c in result["columns"]},
       path=os.path.join(root, "sweep.png"), title=title)
-  with open(os.path.join(root, "sweep.json"), "w") as f:
-    json.dump(result, f, indent=2, default=str)
-    f.write("\n")
+  files.write_json(os.path.join(root, "sweep.json"), result, default=str)
   markdown = sweep_markdown(result)
-  with open(os.path.join(root, "sweep.md"), "w") as f:
-    f.write(markdown)
+  files.write_atomic(os.path.join(root, "sweep.md"), markdown)
   print(markdown, flush=True)
   print(f"wrote {root}/sweep.json, sweep.md, sweep.png and eval/", flush=True)
 
@@ -233,7 +233,10 @@ def run(config, eval_config) -> dict:
                                          settings.num_examples)
   report = evaluation.evaluate(final_checkpoints, x, y, settings,
                                data_info=info)
-  evaluation.write_report(report, os.path.join(root, "eval"))
+  stage = files.start_version(os.path.join(root, "eval"), files.version_name(
+      {"eval": settings.as_dict(), "lams": lams}))
+  evaluation.write_report(report, stage)
+  files.publish_version(stage)
   by_label = {row.label: evaluation.metrics(row, report) for row in report.rows}
   columns = _linf_columns(report)
   for entry in runs:

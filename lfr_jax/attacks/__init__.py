@@ -17,6 +17,13 @@ losses are summed before ``jax.grad`` so each example gets its own gradient;
 this assumes examples do not interact inside ``logits_fn`` (evaluation mode or
 frozen BatchNorm statistics).
 
+Checks: shapes, dtypes (floating images, integer labels), the PRNG key
+(typed or raw) and the static settings raise one-sentence ``ValueError``s
+before tracing, under ``jax.jit`` too. A concrete negative eps raises; a
+traced one cannot be read without a host sync, so every projection and ball
+sample uses max(eps, 0) (:func:`~lfr_jax.attacks.common.nonneg_radius`): the
+attack then returns ``x`` itself, never a point outside the ball.
+
 Attacks: :func:`fgsm`, :func:`pgd`, :func:`bim`, :func:`mifgsm`, :func:`ddn`
 (returns ``(x_adv, norms)``), :func:`multi_targeted`, :func:`apgd` and
 :func:`apgd_targeted` (AutoAttack's APGD-CE/DLR and APGD-T). :func:`worst_case`

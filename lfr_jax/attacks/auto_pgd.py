@@ -76,6 +76,7 @@ def _checkpoint_tables(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _apgd_start(key: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
   """AutoAttack's start: a random direction scaled to the ball's boundary."""
+  eps = common.nonneg_radius(eps)
   if norm == "linf":
     direction = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     direction = common.scale_per_example(
@@ -177,8 +178,9 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn: PerExampleLoss, x: jax.Array,
       final.fooled, final.loss_best)
 
 
-def _check_apgd(x, y, eps, num_steps, norm, rho) -> None:
+def _check_apgd(x, y, key, eps, num_steps, norm, rho) -> None:
   common.check_batch(x, y)
+  common.check_key(key)
   common.check_ball(eps, norm)
   _validate.steps("num_steps", num_steps)
   _validate.in_unit_interval("rho", rho)
@@ -231,7 +233,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
   Returns:
     x_adv (N, H, W, C).
   """
-  _check_apgd(x, y, eps, num_steps, norm, rho)
+  _check_apgd(x, y, key, eps, num_steps, norm, rho)
   common.check_count("restarts", restarts, 1)
   loss_fn = losses.get(loss)
   per_example = lambda logits: loss_fn(logits, y)
@@ -272,7 +274,7 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   Returns:
     x_adv (N, H, W, C).
   """
-  _check_apgd(x, y, eps, num_steps, norm, rho)
+  _check_apgd(x, y, key, eps, num_steps, norm, rho)
   clean_logits = logits_fn(x)
   num_classes = clean_logits.shape[1]
   if num_classes < 4:

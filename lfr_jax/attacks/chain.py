@@ -109,6 +109,7 @@ def worst_case(attacks: Sequence[tuple[str, Callable[..., Any]]],
     misclassified when clean.
   """
   common.check_batch(x, y)
+  common.check_key(key)
   _check_attack_list(attacks)
   n = x.shape[0]
   x_clean, y_np = np.asarray(x), np.asarray(y)

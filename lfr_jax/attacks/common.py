@@ -92,8 +92,9 @@ def project(x_adv: jax.Array, x: jax.Array, eps, norm: str = "linf"
     norm: "linf" or "l2".
 
   Returns:
-    The projected points.
+    The projected points; a negative (traced) ``eps`` projects onto x.
   """
+  eps = nonneg_radius(eps)  # the ball of a negative radius is its centre
   if norm == "linf":
     return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
   delta = x_adv - x
@@ -102,6 +103,19 @@ def project(x_adv: jax.Array, x: jax.Array, eps, norm: str = "linf"
   return jnp.clip(
       x + scale_per_example(jnp.minimum(eps, size) / (size + TINY), delta),
       0.0, 1.0)
+
+
+def nonneg_radius(eps):
+  """``max(eps, 0)``: the ball of a negative (traced) radius is the centre.
+
+  Concrete radii are checked (:func:`check_ball`) before anything is
+  traced; a traced one cannot be read without a host sync, so every
+  projection and every sample of a ball goes through this, and no output
+  leaves the ball whatever ``eps`` is.
+  """
+  if isinstance(eps, (int, float)):
+    return max(eps, 0.0)
+  return jnp.maximum(eps, 0.0)
 
 
 def ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
@@ -114,6 +128,7 @@ def ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
 def uniform_in_ball(key: jax.Array, x: jax.Array, eps, norm: str
                     ) -> jax.Array:
   """A uniform sample of the ``norm`` ball B(x, eps), clipped to [0, 1]."""
+  eps = nonneg_radius(eps)
   if norm == "linf":
     noise = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     return jnp.clip(x + eps * noise, 0.0, 1.0)
@@ -215,8 +230,13 @@ def worst_over(run: Callable[[Any], WorstSoFar], init: WorstSoFar, xs: Any,
 
 
 def check_batch(x, y) -> None:
-  """Images (N, H, W, C) in [0, 1] and integer labels (N,)."""
+  """Floating images (N, H, W, C) in [0, 1] and integer labels (N,)."""
   _validate.batch(x, y)
+
+
+def check_key(key) -> None:
+  """A PRNG key, typed (``jax.random.key``) or raw (``PRNGKey``)."""
+  _validate.key("key", key)
 
 
 def check_ball(eps, norm: str) -> None:

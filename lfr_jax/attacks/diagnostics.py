@@ -82,6 +82,9 @@ def random_search(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
     {"x_adv": (N, H, W, C) in the ball, "decision": (N,) its decision value}.
   """
   common.check_batch(x, y)
+  common.check_key(key)
+  common.check_ball(eps, "linf")
+  eps = common.nonneg_radius(eps)  # its stripes and squares are +-eps
   n, height, width, channels = x.shape
   key_init, key_loop = jax.random.split(key)
   signs = jnp.array([-1.0, 1.0], x.dtype)
@@ -132,6 +135,8 @@ def pgd_loss_trace(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
     0 (the random start) .. num_steps}.
   """
   common.check_batch(x, y)
+  common.check_key(key)
+  common.check_ball(eps, "linf")
   start = common.uniform_in_ball(key, x, eps, "linf")
   ce = lambda logits: losses.cross_entropy(logits, y)
 

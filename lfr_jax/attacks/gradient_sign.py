@@ -58,6 +58,7 @@ def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     x_adv (N, H, W, C).
   """
   common.check_batch(x, y)
+  common.check_key(key)
   common.check_ball(eps, "linf")
   start_eps = eps if start_eps is None else start_eps
   step = eps if step is None else step
@@ -137,6 +138,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     x_adv (N, H, W, C).
   """
   common.check_batch(x, y)
+  common.check_key(key)
   common.check_iterative(eps, step_size, num_steps, norm)
   common.check_count("restarts", restarts, 1)
   loss_fn = losses.get(loss)
@@ -208,6 +210,7 @@ def mifgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     x_adv (N, H, W, C).
   """
   common.check_batch(x, y)
+  common.check_key(key)
   common.check_iterative(eps, step_size, num_steps, "linf")
   _validate.nonneg("decay", decay)
   loss_fn = losses.get(loss)
@@ -258,6 +261,7 @@ def multi_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     x_adv (N, H, W, C).
   """
   common.check_batch(x, y)
+  common.check_key(key)
   common.check_iterative(eps, step_size, num_steps, norm)
   clean_logits = logits_fn(x)
   num_classes = clean_logits.shape[1]

@@ -32,8 +32,10 @@ def _ddn_learning_rate(i, num_steps: int):
   return 0.01 + 0.99 * 0.5 * (1.0 + jnp.cos(jnp.pi * i / num_steps))
 
 
-def _check_ddn(x, y, num_steps, gamma, init_norm, max_norm, levels) -> None:
+def _check_ddn(x, y, key, num_steps, gamma, init_norm, max_norm, levels
+               ) -> None:
   common.check_batch(x, y)
+  common.check_key(key)
   _validate.steps("num_steps", num_steps)
   _validate.in_unit_interval("gamma", gamma)
   _validate.positive("init_norm", init_norm)
@@ -45,6 +47,7 @@ def _check_ddn(x, y, num_steps, gamma, init_norm, max_norm, levels) -> None:
 
 def _limit_norm(delta: jax.Array, max_norm) -> jax.Array:
   """Scales down the perturbations longer than ``max_norm`` to that length."""
+  max_norm = common.nonneg_radius(max_norm)
   size = common.l2_norm(delta)
   return common.scale_per_example(
       jnp.where(size > max_norm, max_norm / size, 1.0), delta)
@@ -91,7 +94,7 @@ def ddn(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
     none was found); norms (N,) is the l2 norm of the best adversarial
     perturbation before any ``max_norm`` projection, inf where none was found.
   """
-  _check_ddn(x, y, num_steps, gamma, init_norm, max_norm, levels)
+  _check_ddn(x, y, key, num_steps, gamma, init_norm, max_norm, levels)
   n = x.shape[0]
   worst_norm = common.l2_norm(jnp.maximum(x, 1.0 - x))
   ce = lambda logits: losses.cross_entropy(logits, y)

@@ -25,10 +25,16 @@ or the repository's ``data/mnist/``; ``--data_dir`` overrides it for every
 row. The first line printed names the data used (dataset, source, folder,
 number of images).
 
-Writes ``<out>/robustness.{md,csv,json}``, ``<out>/per_example.npz`` and
-``<out>/figures/`` where ``<out>`` is ``--out``, else ``<first workdir>/eval``,
-else ``eval/`` beside the first PyTorch checkpoint; prints the table, the eps
-sweep and the PASS/WARN lines of the gradient-masking checks.
+Each run is a new version: it writes ``<out>/<version>/robustness.{md,csv,
+json}``, ``per_example.npz`` and ``figures/``, where ``<out>`` is ``--out``,
+else ``<first workdir>/eval``, else ``eval/`` beside the first PyTorch
+checkpoint, and ``<version>`` is the UTC time and a hash of the settings
+(``20261203T101500Z-1a2b3c4d``). The version is written in a hidden folder
+and renamed when complete, then ``<out>/latest`` points to it (a symlink, or
+a one-line file naming it where the filesystem has no symlinks), so a report
+and its figures always come from one evaluation and earlier ones are kept.
+It prints the table, the eps sweep and the PASS/WARN lines of the
+gradient-masking checks.
 
 A mistake in the flags or the config (unknown attack, eps outside [0, 1], a
 workdir without checkpoint, a corrupt checkpoint, a missing PyTorch file)
@@ -48,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import lfr_jax  # noqa: F401  (fast XLA CPU flags before jax starts)
@@ -56,6 +63,7 @@ from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import data
 from lfr_jax import evaluation
+from lfr_jax import files
 from lfr_jax import workdir as workdir_lib
 
 PROG = "evaluate.py"
@@ -246,8 +254,25 @@ def out_dir(request: Request) -> str:
   return path
 
 
+def full_settings():
+  """The full protocol's settings: configs/evaluate.py without a variant."""
+  from configs import evaluate as eval_configs  # pylint: disable=g-import-not-at-top
+  return evaluation.from_config(eval_configs.get_config("").eval)
+
+
+def version_settings(settings, request: Request) -> dict:
+  """What names an evaluation's version: its settings and what it reads."""
+  return {"eval": settings.as_dict(), "workdirs": list(request.workdirs),
+          "torch_checkpoints": list(request.torch_files),
+          "checkpoint": request.checkpoint, "data_dir": request.data_dir}
+
+
 def run(config, request: Request) -> None:
-  """Evaluates the request's checkpoints with ``config.eval``; writes the report."""
+  """Evaluates the request's checkpoints with ``config.eval``; writes the report.
+
+  The report is published as a new version of the output folder (see the
+  module docstring); nothing is written before the models and data load.
+  """
   settings = evaluation.from_config(config.eval)
   check_inputs(request)
   folder = out_dir(request)
@@ -255,14 +280,29 @@ def run(config, request: Request) -> None:
   x, y, info = evaluation.load_test_data(data_cfg, settings.num_examples,
                                          data_dir=request.data_dir or None)
   print(evaluation.data_line(info, x.shape[0]), flush=True)
-  report = evaluation.evaluate(models, x, y, settings,
-                               figures_dir=os.path.join(folder, "figures"),
-                               data_info=info)
-  paths = evaluation.write_report(report, folder)
+  notice = evaluation.estimate_notice(settings, full_settings())
+  if notice:
+    print(notice, flush=True)
+  stage = files.start_version(
+      folder, files.version_name(version_settings(settings, request)))
+  try:
+    report = evaluation.evaluate(models, x, y, settings,
+                                 figures_dir=os.path.join(stage, "figures"),
+                                 data_info=info)
+    if notice:
+      report.notes.append(notice)
+    evaluation.write_report(report, stage)
+    version = files.publish_version(stage)
+  except BaseException:
+    shutil.rmtree(stage, ignore_errors=True)  # nothing half-written is kept
+    raise
   print(evaluation.summary_text(report), flush=True)
-  print(f"\nwrote {paths['md']}, robustness.csv, robustness.json, "
-        f"per_example.npz and {len(report.figures)} figure(s) in "
-        f"{os.path.join(folder, 'figures')}", flush=True)
+  if notice:
+    print(f"\n{notice}", flush=True)
+  print(f"\nwrote {os.path.join(version, 'robustness.md')}, robustness.csv, "
+        f"robustness.json, per_example.npz and {len(report.figures)} "
+        f"figure(s) in {os.path.join(version, 'figures')}; "
+        f"{os.path.join(folder, files.LATEST)} points to it.", flush=True)
 
 
 def entry() -> None:

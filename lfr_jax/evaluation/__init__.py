@@ -78,6 +78,7 @@ from lfr_jax.evaluation.pipeline import evaluate
 from lfr_jax.evaluation.reports import PAPER_STEP_COUNTS
 from lfr_jax.evaluation.reports import check_lines
 from lfr_jax.evaluation.reports import environment
+from lfr_jax.evaluation.reports import estimate_notice
 from lfr_jax.evaluation.reports import geometry_table
 from lfr_jax.evaluation.reports import main_table
 from lfr_jax.evaluation.reports import metrics
@@ -120,4 +121,5 @@ __all__ = [
     "run_check_attacks", "compute_geometry", "draw_geometry", "GeometryData",
     "flatness_step", "geometry_table", "reduced_settings",
     "worst_description", "resolve_checkpoint", "data_line",
+    "estimate_notice",
 ]

@@ -58,6 +58,8 @@ class Attack:
     source: where the settings come from (LFR, TEXTBOOK, AUTOATTACK, ...).
     threat: "linf" or "l2".
     description: the exact settings in words.
+    examples: run on the first this many evaluated images only (0 = all);
+      its column's accuracy is over them (``config.eval.apgd_t_examples``).
   """
   name: str
   label: str
@@ -67,12 +69,15 @@ class Attack:
   source: str = ""
   threat: str = "linf"
   description: str = ""
+  examples: int = 0
 
   def settings(self) -> dict[str, Any]:
     """All settings as a JSON-able dict."""
     out = {"attack": getattr(self.fn, "__name__", str(self.fn))}
     out.update({k: (float(v) if isinstance(v, float) else v)
                 for k, v in self.static + self.dynamic})
+    if self.examples:
+      out["examples"] = self.examples
     return out
 
   def with_dynamic(self, **values) -> "Attack":
@@ -190,13 +195,16 @@ def _ddn_lfr(s: EvalSettings) -> Attack:
 def _apgd_t(s: EvalSettings) -> Attack:
   """APGD-T (AutoAttack): targeted DLR against the top other classes."""
   steps, targets = s.apgd_steps, s.apgd_targets
+  subset = (f", on the first {s.apgd_t_examples} evaluated images only (its "
+            f"accuracy is over them)" if s.apgd_t_examples else "")
   return Attack(
       "apgd_t", "APGD-T", attacks.apgd_targeted,
       static=(("num_steps", steps), ("num_targets", targets),
               ("norm", "linf")),
       dynamic=(("eps", s.eps),), source=AUTOATTACK,
       description=(f"l_inf eps {s.eps:g}, {steps} steps per target, "
-                   f"{targets} targets, targeted DLR"))
+                   f"{targets} targets, targeted DLR{subset}"),
+      examples=s.apgd_t_examples)
 
 
 # Column name -> builder of its attack, in the table's default order.
@@ -231,5 +239,9 @@ def table_attacks(s: EvalSettings) -> list[Attack]:
 def worst_description(table: Sequence[Attack]) -> str:
   """The worst-case column in words: which columns it takes the minimum of."""
   linf = [a.label for a in table if a.threat == "linf"]
+  partial = [f"{a.label} on the first {a.examples} only" for a in table
+             if a.threat == "linf" and a.examples]
   return ("per example, misclassified under any of " + ", ".join(linf)
-          + " (AutoAttack-style worst case)")
+          + " (AutoAttack-style worst case" +
+          (f"; {', '.join(partial)}: an upper bound on the other images"
+           if partial else "") + ")")

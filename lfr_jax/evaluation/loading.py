@@ -56,7 +56,9 @@ def load_run_config(workdir: str):
   """
   folder = workdir_lib.resolve(workdir)
   if not folder.is_dir():
-    raise EvalError(f"workdir {folder} does not exist.")
+    raise EvalError(f"workdir {folder} is a file, not a training workdir."
+                    if folder.exists() else
+                    f"workdir {folder} does not exist.")
   try:
     return workdir_lib.read_config(folder)
   except workdir_lib.WorkdirError as e:

@@ -206,8 +206,8 @@ def gradient_free_not_stronger(row: results.RowResult, settings: EvalSettings,
   rs = d["random_search"]
   white = np.ones(m, bool) & row.clean[:m]
   for name in columns.LINF_COLUMNS:
-    if name in row.robust:
-      white &= row.robust[name][:m]
+    if name in row.robust and row.subsets.get(name, m) >= m:
+      white &= row.robust[name][:m]  # (a column on fewer images is left out)
   white &= d["pgd_more"]
   acc_rs, acc_wb = float(np.mean(rs)), float(np.mean(white))
   only = int(np.sum(white & ~rs))

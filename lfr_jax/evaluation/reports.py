@@ -25,13 +25,13 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from lfr_jax import files
 from lfr_jax import text
 from lfr_jax.evaluation import columns
 from lfr_jax.evaluation import geometry_report
@@ -104,6 +104,41 @@ def reduced_settings(s) -> list[str]:
           if used[k] and getattr(s, k) < paper]
 
 
+def _shown(key: str, value) -> str:
+  if key in ("num_examples", "check_examples", "gamma_examples") and not value:
+    return "all"
+  if isinstance(value, tuple):
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v)
+                    for v in value)
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def estimate_notice(s, full) -> str:
+  """One line saying how settings differ from the full evaluation ('' if not).
+
+  Args:
+    s: the :class:`EvalSettings` (or ``config.eval``) used.
+    full: the full protocol's (configs/evaluate.py without a variant).
+
+  Returns:
+    E.g. "quick estimate, not the full evaluation: num_examples 500 (full:
+    all), ...; quote the full evaluation's numbers." Progress and the
+    variant's name are not settings of the result and are left out.
+  """
+  s, full = settings_lib.from_config(s), settings_lib.from_config(full)
+  skip = ("progress", "variant")
+  diffs = [f"{k} {_shown(k, getattr(s, k))} (full: "
+           f"{_shown(k, getattr(full, k))})" for k in settings_lib.SETTINGS
+           if k not in skip and getattr(s, k) != getattr(full, k)]
+  if not diffs:
+    return ""
+  kind = {"quick": "quick estimate (configs/evaluate.py:quick)",
+          "smoke": "smoke test (configs/evaluate.py:smoke)"}.get(
+              s.variant, "reduced evaluation")
+  return (f"{kind}, not the full evaluation: {'; '.join(diffs)}. For "
+          f"numbers to quote, run the full settings (configs/evaluate.py).")
+
+
 def metrics(row: results.RowResult, report: results.Report
             ) -> dict[str, float]:
   """A row's numbers, flat: accuracies as fractions, DDN, sweep, geometry."""
@@ -112,6 +147,8 @@ def metrics(row: results.RowResult, report: results.Report
   for attack in report.columns:
     if attack.name in row.robust:
       out[attack.name] = row.acc(attack.name)
+      if attack.name in row.subsets:
+        out[f"{attack.name}_examples"] = float(row.subsets[attack.name])
     if attack.threat == "l2" and row.ddn_norms is not None:
       ddn = results.ddn_summary(row.ddn_norms, row.clean, budget)
       out.update({f"{attack.name}_success": ddn["success"],
@@ -151,7 +188,9 @@ def main_table(report: results.Report) -> str:
                   "inf" if median == float("inf") else f"{median:.3f}",
                   text.percent(ddn["acc_at_budget"])]
       else:
-        cells.append(text.percent(row.acc(attack.name)))
+        subset = row.subsets.get(attack.name)
+        cells.append(text.percent(row.acc(attack.name)) +
+                     (f" (first {subset})" if subset else ""))
     if report.has_worst:
       cells.append(text.percent(row.acc("worst")) if "worst" in row.robust
                    else "n/a")
@@ -211,6 +250,8 @@ def _markdown_head(report: results.Report, n: int) -> list[str]:
   if reduced:
     out += [f"**Reduced attack settings ({'; '.join(reduced)}): these numbers "
             f"are a smoke test, not robust accuracies.**", ""]
+  out += [f"**{note}**" for note in report.notes] + (
+      [""] if report.notes else [])
   return out
 
 
@@ -243,7 +284,22 @@ def _markdown_geometry(report: results.Report, n: int) -> list[str]:
           f"eps {s.eps:g} ball of ||grad CE||_1 ({s.gamma_steps} sign "
           f"steps of {geometry_report.flatness_step(s):g}), gamma linearity "
           f"= LLR's ({s.gamma_steps} Adam steps of 0.1), on the first "
-          f"{s.gamma_examples or n} images."]
+          f"{s.gamma_examples or n} images."] + _zero_hessian_note(report)
+
+
+def _zero_hessian_note(report: results.Report) -> list[str]:
+  """Why a row's Hessian columns read 0 (a ReLU network), when one does."""
+  flat = [row.label for row in report.rows
+          if abs(row.geometry.get("hessian_top_abs_mean", 1.0)) < 1e-12]
+  if not flat:
+    return []
+  return ["", f"Zero Hessian spectrum ({', '.join(flat)}): a ReLU network is "
+          f"piecewise linear in its input, so its input Hessian is exactly 0 "
+          f"almost everywhere (only the softmax bends the loss, and the "
+          f"decision value has none). This is not flatness: the Hessian "
+          f"columns measure curvature only for smooth activations (e.g. the "
+          f"softplus presets); the Jacobian and gamma columns apply to every "
+          f"model."]
 
 
 def to_markdown(report: results.Report) -> str:
@@ -320,6 +376,7 @@ def to_json(report: results.Report) -> dict[str, Any]:
                          for k, a in masking.build_check_attacks(s).items()}
                         if s.checks else {}),
       "reduced_settings": reduced_settings(s),
+      "notes": list(report.notes),
       "rows": rows, "figures": report.figures,
       "environment": report.environment,
       "software": report.environment["software"],
@@ -329,27 +386,13 @@ def to_json(report: results.Report) -> dict[str, Any]:
   }
 
 
-def _write_atomic(path: str, content: str | bytes) -> None:
-  folder = os.path.dirname(path)
-  mode = "wb" if isinstance(content, bytes) else "w"
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-  try:
-    with os.fdopen(fd, mode) as f:
-      f.write(content)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _per_example(report: results.Report) -> bytes:
   """``per_example.npz``: every row's per-example flags, compressed."""
   arrays = {}
   for i, row in enumerate(report.rows):
     arrays[f"row{i}_clean"] = row.clean
     for k, v in row.robust.items():
-      arrays[f"row{i}_{k}"] = v
+      arrays[f"row{i}_{k}"] = v[:row.subsets[k]] if k in row.subsets else v
     if row.ddn_norms is not None:
       arrays[f"row{i}_ddn_norms"] = row.ddn_norms
     for name, by_eps in row.sweep.items():
@@ -365,21 +408,27 @@ def write_report(report: results.Report, out_dir: str | os.PathLike
                  ) -> dict[str, str]:
   """Writes robustness.{md,csv,json} and per_example.npz into ``out_dir``.
 
-  Each file is written to a temporary name and renamed, so an interrupted
-  run leaves the previous report intact.
+  Each file is written whole (:func:`lfr_jax.files.atomic_file`), so an
+  interrupted run leaves the previous file intact. Figures inside
+  ``out_dir`` are recorded by their path relative to it, so a report folder
+  can be moved or published as a version (see :mod:`lfr_jax.files`).
 
   Returns:
     name -> path of what was written.
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
+  inside = os.path.abspath(out_dir) + os.sep
+  report = dataclasses.replace(report, figures=[
+      os.path.relpath(p, out_dir) if os.path.abspath(p).startswith(inside)
+      else p for p in report.figures])
   paths = {k: os.path.join(out_dir, f"robustness.{k}")
            for k in ("md", "csv", "json")}
-  _write_atomic(paths["md"], to_markdown(report))
-  _write_atomic(paths["csv"], to_csv(report))
-  _write_atomic(paths["json"], json.dumps(to_json(report), indent=2) + "\n")
+  files.write_atomic(paths["md"], to_markdown(report))
+  files.write_atomic(paths["csv"], to_csv(report))
+  files.write_json(paths["json"], to_json(report))
   paths["npz"] = os.path.join(out_dir, "per_example.npz")
-  _write_atomic(paths["npz"], _per_example(report))
+  files.write_atomic(paths["npz"], _per_example(report))
   return paths
 
 

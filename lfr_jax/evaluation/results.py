@@ -105,6 +105,8 @@ class RowResult:
     check_data: the numbers behind them.
     geometry: geometry summary numbers.
     seconds: time spent on this row's attacks.
+    subsets: column name -> the number of leading examples it ran on, for
+      columns run on a subset (their flags past it are the clean ones).
   """
   label: str
   info: dict
@@ -118,14 +120,17 @@ class RowResult:
   check_data: dict[str, Any] = dataclasses.field(default_factory=dict)
   geometry: dict[str, float] = dataclasses.field(default_factory=dict)
   seconds: float = 0.0
+  subsets: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def n(self) -> int:
     return int(self.y.shape[0])
 
   def acc(self, name: str) -> float:
-    """Accuracy of a column ("clean", an l_inf column or "worst")."""
+    """Accuracy of a column ("clean", an l_inf column or "worst"); a column
+    run on a subset is judged on that subset."""
     v = self.clean if name == "clean" else self.robust[name]
+    v = v[:self.subsets[name]] if name in self.subsets else v
     return float(np.mean(v)) if v.size else float("nan")
 
 
@@ -162,6 +167,7 @@ class Report:
       :func:`lfr_jax.evaluation.environment`.
     figures: paths of the figures written.
     seconds: wall time.
+    notes: lines the report shows first (e.g. that it is a quick estimate).
   """
   rows: list[RowResult]
   columns: list[columns_lib.Attack]
@@ -170,6 +176,7 @@ class Report:
   environment: dict[str, Any]
   figures: list[str] = dataclasses.field(default_factory=list)
   seconds: float = 0.0
+  notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def settings(self) -> dict[str, Any]:

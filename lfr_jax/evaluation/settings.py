@@ -50,6 +50,7 @@ class EvalSettings:
   ddn_l2_budget: float
   apgd_steps: int
   apgd_targets: int
+  apgd_t_examples: int
   eps_sweep: tuple[float, ...]
   checks: bool
   check_examples: int
@@ -66,6 +67,7 @@ class EvalSettings:
   hessian_iters: int
   gamma_examples: int
   gamma_steps: int
+  variant: str = ""
   recorded: Mapping[str, Any] = dataclasses.field(
       default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -79,16 +81,18 @@ class EvalSettings:
     return dict(self.recorded)
 
 
-# Keys every evaluation config must hold (configs/evaluate.py).
+# Keys every evaluation config must hold (configs/evaluate.py); "variant"
+# (the configs/evaluate.py variant a config came from) is optional.
 SETTINGS = tuple(f.name for f in dataclasses.fields(EvalSettings)
-                 if f.name != "recorded")
+                 if f.name not in ("recorded", "variant"))
+VARIANTS = ("", "quick", "smoke")
 # Integer settings by their least valid value, in the order they are checked
 # (the first invalid field is the one reported).
 _AT_LEAST_ONE = ("pgd_steps", "ddn_steps", "apgd_steps", "apgd_targets",
                  "check_steps", "check_restarts", "random_search_steps",
                  "surface_resolution", "hessian_iters")
 _AT_LEAST_ZERO = ("check_examples", "geometry_examples", "surface_points",
-                  "gamma_examples", "gamma_steps")
+                  "gamma_examples", "gamma_steps", "apgd_t_examples")
 _INTERVAL = "a number in [0, 1]"
 # How each scalar field's annotation converts a checked config value.
 _CONVERT = {"int": int, "float": float, "bool": bool}
@@ -200,9 +204,14 @@ def from_config(cfg) -> EvalSettings:
     raise config_check.ConfigError(
         "config.eval.attacks: worst needs at least one l_inf column.")
   _check_numbers(cfg)
+  variant = cfg["variant"] if "variant" in cfg else ""
+  if variant not in VARIANTS:
+    raise config_check.ConfigError(
+        f"config.eval.variant {variant!r} is unknown; valid: "
+        f"{', '.join(map(repr, VARIANTS))}.")
   scalars = {f.name: _CONVERT[f.type](cfg[f.name])
              for f in dataclasses.fields(EvalSettings) if f.type in _CONVERT}
-  return EvalSettings(**scalars, attacks=tuple(names),
+  return EvalSettings(**scalars, attacks=tuple(names), variant=variant,
                       eps_sweep=parse_eps_sweep(cfg["eps_sweep"]),
                       recorded=_plain(cfg))
 

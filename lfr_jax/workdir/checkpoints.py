@@ -21,6 +21,8 @@ Example::
 
 from __future__ import annotations
 
+import sys
+import traceback
 from typing import Any
 
 import jax
@@ -31,6 +33,40 @@ from lfr_jax import sharding
 from lfr_jax import text
 from lfr_jax import train_state
 from lfr_jax.workdir import layout
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable error is a late TensorStore callback to the closed
+  event loop of a failed orbax restore."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(f.name == "call_soon_threadsafe" and "asyncio" in f.filename
+             for f in frames)
+
+
+def ignore_closed_loop_callbacks() -> None:
+  """Hides the "Event loop is closed" tracebacks that follow a failed save or restore.
+
+  orbax runs a save or restore on a fresh event loop and closes it as soon
+  as one write or read fails (a full disk, damaged files); the TensorStore
+  operations still in flight finish on their own threads and try to wake
+  that closed loop, each printing a traceback (up to dozens, on a run that
+  recovers). Nothing is lost: the failure itself is reported in one line.
+  Installed once per process (by every :class:`Checkpoints`); every other
+  unraisable error still reaches the previous ``sys.unraisablehook``.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "lfr_jax_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.lfr_jax_closed_loop_filter = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -48,6 +84,8 @@ class Checkpoints:
     self._open()
 
   def _open(self) -> None:
+    # A failed save or restore leaves TensorStore callbacks to a closed loop.
+    ignore_closed_loop_callbacks()
     keep, keep_best, keep_steps = self._settings
     # Synchronous saves: the train state is donated to the next step, so its
     # buffers must be on disk (or copied) before save() returns.
@@ -94,9 +132,13 @@ class Checkpoints:
       step = manager.latest_step()
     elif step not in manager.all_steps():
       return None
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          meta=ocp.args.JsonRestore()))
+    except Exception:
+      ignore_closed_loop_callbacks()  # (when used without Checkpoints)
+      raise
     return restored["state"], restored["meta"]
 
   def restore_intact(self, abstract_state
@@ -133,14 +175,34 @@ class Checkpoints:
           f"new workdir.")
     return None
 
-  def _move_aside(self, step: int) -> None:
-    source = self.folder / layout.CHECKPOINTS / str(step)
+  def damaged_best(self, abstract_state) -> int | None:
+    """Checks that the best checkpoint restores; moves it aside if not.
+
+    Returns:
+      The damaged best step (now in ``damaged_checkpoints/best-<step>``), or
+      None when it restores or there is none.
+    """
+    if self.best is None or self.best.latest_step() is None:
+      return None
+    step = self.best.latest_step()
+    try:
+      self.restore(abstract_state, best=True)
+    except Exception:  # pylint: disable=broad-except
+      # As in restore_intact: any failure to restore is the files'.
+      self._move_aside(step, best=True)
+      return step
+    return None
+
+  def _move_aside(self, step: int, *, best: bool = False) -> None:
+    source = self.folder / (layout.BEST if best else layout.CHECKPOINTS
+                            ) / str(step)
     target_dir = self.folder / layout.DAMAGED
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / str(step)
+    name = f"best-{step}" if best else str(step)
+    target = target_dir / name
     suffix = 1
     while target.exists():
-      target, suffix = target_dir / f"{step}.{suffix}", suffix + 1
+      target, suffix = target_dir / f"{name}.{suffix}", suffix + 1
     source.rename(target)
     # The managers cache the step list: reopen them on the folder as it is.
     self.close()

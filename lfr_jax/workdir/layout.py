@@ -19,6 +19,7 @@ from typing import Any
 from etils import epath
 
 from lfr_jax import config_check
+from lfr_jax import files
 
 CONFIG = "config.json"
 CONFIG_CHANGES = "config_changes.jsonl"
@@ -67,7 +68,9 @@ def check(path) -> epath.Path:
   if folder.exists():
     if not folder.is_dir():
       raise WorkdirError(f"--workdir {folder} is a file, not a folder.")
-    foreign = sorted({p.name for p in folder.iterdir()} - set(ENTRIES))
+    # Unfinished writes of a killed run (hidden temporary files) are ours.
+    foreign = sorted({p.name for p in folder.iterdir()
+                      if not files.is_temporary(p.name)} - set(ENTRIES))
     if foreign:
       raise WorkdirError(
           f"--workdir {folder} already holds other files ({', '.join(foreign[:3])}"
@@ -77,13 +80,12 @@ def check(path) -> epath.Path:
 
 
 def write_text(path: epath.Path, content: str) -> None:
-  """Writes a whole file; atomically (rename) on local disks."""
+  """Writes a whole file: atomically on local disks (:mod:`lfr_jax.files`);
+  an object store's write is whole by itself."""
   if is_uri(str(path)):
     path.write_text(content)
     return
-  tmp = epath.Path(f"{path}.tmp{os.getpid()}")
-  tmp.write_text(content)
-  os.replace(tmp, path)
+  files.write_atomic(os.fspath(path), content)
 
 
 def read_json(path: epath.Path) -> Any | None:

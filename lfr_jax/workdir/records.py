@@ -30,14 +30,22 @@ class MetricWriter:
   the record every tool of this package reads.
   """
 
-  def __init__(self, path, enabled: bool):
+  def __init__(self, path, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
     self.path = layout.resolve(path) / layout.METRICS
-    self._tb = self._tensorboard(layout.resolve(path) / layout.TENSORBOARD
-                                 ) if enabled else None
+    self._tb_folder = layout.resolve(path) / layout.TENSORBOARD
+    self._resume_step = resume_step
+    self._tb = None
+    self._tb_opened = False  # an events file is created on the first write
+
+  def _tensorboard_writer(self):
+    if not self._tb_opened:
+      self._tb_opened = True
+      self._tb = self._tensorboard(self._tb_folder, self._resume_step)
+    return self._tb
 
   @staticmethod
-  def _tensorboard(folder):
+  def _tensorboard(folder, resume_step: int = 0):
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
@@ -57,7 +65,10 @@ class MetricWriter:
                       "only.", scheme, "google-cloud-storage" if scheme == "gs"
                       else "boto3" if scheme == "s3" else "a backend")
       return None
-    return SummaryWriter(url)
+    # A resumed run retrains the steps after its checkpoint: purge_step hides
+    # the earlier events of those steps from TensorBoard.
+    return SummaryWriter(url, purge_step=resume_step + 1 if resume_step
+                         else None)
 
   def write(self, split: str, step: int, epoch: float,
             metrics: dict[str, float]) -> None:
@@ -67,13 +78,40 @@ class MetricWriter:
     record = {"split": split, "step": step, "epoch": round(epoch, 4),
               **{k: float(v) for k, v in metrics.items()}}
     layout.append_lines(self.path, [json.dumps(record)])
-    if self._tb is not None:
+    tb = self._tensorboard_writer()
+    if tb is not None:
       for k, v in metrics.items():
-        self._tb.add_scalar(f"{split}/{k}", float(v), step)
+        tb.add_scalar(f"{split}/{k}", float(v), step)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def truncate_metrics(path, step: int) -> int:
+  """Drops the records of steps after ``step`` (and a torn last line).
+
+  A resumed run trains the steps after its checkpoint again; their records
+  from the interrupted call would otherwise appear twice.
+
+  Returns:
+    How many records were dropped.
+  """
+  file = layout.resolve(path) / layout.METRICS
+  if not file.exists():
+    return 0
+  lines = file.read_text().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if int(record.get("step", 0)) <= step:
+      kept.append(line)
+  if len(kept) != len(lines):
+    layout.write_text(file, "".join(l + "\n" for l in kept))
+  return len(lines) - len(kept)
 
 
 def read_metrics(path) -> list[dict[str, Any]]:

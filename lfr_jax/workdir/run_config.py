@@ -98,6 +98,8 @@ def read_config(path) -> ml_collections.ConfigDict:
 def _describe(keys: list[str], old: dict, new: dict, limit: int = 6) -> str:
   def show(key, tree):
     return json.dumps(tree[key]) if key in tree else "absent"
+  # ``keys`` come from config_differences, shallowest first: a changed
+  # method leads and does not fall past the limit.
   parts = [f"{k} ({show(k, old)} -> {show(k, new)})" for k in keys[:limit]]
   more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
   return ", ".join(parts) + more
@@ -131,7 +133,8 @@ def check_config(path, config: Mapping[str, Any]) -> list[str]:
     raise layout.WorkdirError(
         f"--workdir {folder} holds a run trained with other settings: "
         f"{_describe(changing, _normalized(recorded), _normalized(config))}; "
-        f"resume it with the config in its {layout.CONFIG}, or use a new workdir.")
+        f"resume it with its recorded {layout.CONFIG} (train.py "
+        f"--workdir={folder} alone), or use a new workdir.")
   return safe
 
 
