@@ -130,9 +130,9 @@ def base(method: str) -> ml_collections.ConfigDict:
       # 0 = off. Rerun with a larger value to go on, as with max_steps.
       "max_epochs": 0.0,
       # Rematerialization: "none", "blocks" (jax.checkpoint around each
-      # residual block: ResNet, WideResNet) or "inner" (around the body of
-      # the inner maximization). Same gradients, less memory, more FLOPs;
-      # lfr-plan shows what each saves (docs/SCALING.md).
+      # residual block: ResNet, WideResNet) or "inner" (around the network
+      # in each step of the inner maximization). Same gradients, other
+      # memory and FLOPs; lfr-plan shows what each saves (docs/SCALING.md).
       "remat": "none",
   })
   c.eval = ml_collections.ConfigDict({

@@ -68,10 +68,14 @@ def _value_and_grad(dtype, params, name, xt, yt):
   net32 = models.create("small_cnn", jax.random.key(0), dropout=0.0)
   net = models.create("small_cnn", jax.random.key(0), dropout=0.0,
                       dtype=dtype)
-  inner = net32.replace(params=jax.lax.stop_gradient(params)).logits_fn()
-  fn = _regularizers(inner, jax.random.key(3), xt, yt)[name]
-  value, grads = jax.jit(jax.value_and_grad(
-      lambda p: fn(net.replace(params=p).logits_fn()).mean()))(params)
+
+  def mean_value(p, x, y):
+    # x and y are arguments, not closed-over constants XLA would fold.
+    inner = net32.replace(params=jax.lax.stop_gradient(p)).logits_fn()
+    fn = _regularizers(inner, jax.random.key(3), x, y)[name]
+    return fn(net.replace(params=p).logits_fn()).mean()
+
+  value, grads = jax.jit(jax.value_and_grad(mean_value))(params, xt, yt)
   flat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
   return float(value), np.asarray(flat, np.float64)
 

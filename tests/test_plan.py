@@ -134,11 +134,11 @@ def _tiny_lfr_grad_cost(unroll: bool) -> dict:
   x = jnp.full((2, 8, 8, 3), 0.5)
   y = jnp.arange(2)
 
-  def loss(params):
+  def loss(params, x, y):  # x, y as arguments: no constant folding
     return objective(net.replace(params=params), x, y, jax.random.key(1),
                      0.03)[0]
 
-  compiled = jax.jit(jax.grad(loss)).lower(net.params).compile()
+  compiled = jax.jit(jax.grad(loss)).lower(net.params, x, y).compile()
   return hlo_cost.loop_corrected_cost(compiled)
 
 
@@ -149,10 +149,12 @@ def test_rolled_loop_counts_like_the_unrolled_step():
   assert sorted(l["trips"] for l in rolled["loops"]) == [3, 5, 5]
   assert sorted(l["trips"] for l in unrolled["loops"]) == [5, 5]
   # Counted once, the rolled step misses two of the three inner steps (about
-  # 35% of its FLOPs). Corrected, it comes within 10% of the unrolled
-  # program, which is not the same program: XLA hoists loop-invariant work
-  # out of the rolled body and runs it once (measured 2026-12-03: 8% fewer
-  # FLOPs rolled on XLA:CPU).
+  # 35% of its FLOPs). Corrected, it comes within 12% of the unrolled
+  # program, which is not the same program: on XLA:CPU an unrolled inner step
+  # does 19% more (elementwise) work than the rolled body (measured
+  # 2026-12-03 at K = 2, 3, 4: 167K against 140K FLOPs per step, both exactly
+  # linear in K). On TPU the two agree to 0.2% (mnist_lfr, K = 40: see
+  # docs/SCALING.md) and the slow test below holds them to 3%.
   assert rolled["flops_counted_once"] < 0.75 * unrolled["flops"]
   assert rolled["flops"] == pytest.approx(unrolled["flops"], rel=0.12)
   assert rolled["bytes"] == pytest.approx(unrolled["bytes"], rel=0.3)
@@ -267,5 +269,20 @@ def test_tpu_rolled_inner_loop_counts_like_the_unrolled_one(tmp_path):
   r = json.loads((tmp_path / "r" / "plan.json").read_text())["train_step"]
   u = json.loads((tmp_path / "u" / "plan.json").read_text())["train_step"]
   assert u["loops"] == []
-  assert r["flops"] == pytest.approx(u["flops"], rel=0.1)
+  assert r["flops"] == pytest.approx(u["flops"], rel=0.03)
   assert r["bytes"] == pytest.approx(u["bytes"], rel=0.3)
+
+
+def test_scaling_page_is_built_from_the_committed_plans():
+  """docs/SCALING.md is what tools/scaling_report.py makes of docs/scaling/."""
+  from tools import scaling_report
+  plans = scaling_report.load_plans(os.path.join(REPO, scaling_report.PLANS))
+  assert plans, "no committed plans under docs/scaling/"
+  for name, result in plans.items():
+    for key, kind in (("global_batch", int), ("num_hosts", int),
+                      ("steps_per_epoch", int)):
+      assert isinstance(result[key], kind), (name, key)
+    assert name.startswith(f"{result['config']}__{result['topology']}")
+  with open(os.path.join(REPO, "docs", "SCALING.md")) as f:
+    assert f.read() == scaling_report.build(), (
+        "docs/SCALING.md is stale: run python tools/scaling_report.py")

@@ -41,11 +41,11 @@ def _cached_lfr_grads(name, kwargs, remat_inner):
   x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
   y = jnp.arange(2)
 
-  def loss(params):
+  def loss(params, x, y):  # x, y as arguments: no constant folding
     return objective(net.replace(params=params), x, y, jax.random.key(2),
                      0.03)[0]
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(net.params)
+  value, grads = jax.jit(jax.value_and_grad(loss))(net.params, x, y)
   return float(value), jax.tree.leaves(grads)
 
 
