@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("", "quick", "repro", "curve", "smoke")
+VARIANTS = ("", "quick", "repro", "curve", "converge", "smoke")
 
 # The reduced protocol of docs/RESULTS.md (":repro"): the same for every row.
 REPRO_EPOCHS = 1.0
@@ -40,6 +40,12 @@ REPRO_K = 10
 # keeping the epoch-end checkpoints that are evaluated as the curve's points.
 CURVE_EPOCHS = 5.0
 CURVE_KEEP_EPOCHS = (1, 2, 5)
+
+# Training until validation clean accuracy plateaus (":converge"): at most
+# CONVERGE_EPOCHS at a constant learning rate, stopped once the best
+# validation clean accuracy is CONVERGE_PATIENCE epochs old.
+CONVERGE_EPOCHS = 50.0
+CONVERGE_PATIENCE = 3
 
 # Every keyword of lfr_jax.models.create for each model the presets use, with
 # its default, so that any of them can be overridden from the command line
@@ -116,12 +122,19 @@ def base(method: str) -> ml_collections.ConfigDict:
       "batch_size": 128,         # global, over all hosts and devices
       "augment": "none",         # "none", "crop_flip", "inception"
       "image_size": 0,           # 0 = native (ImageNet needs a size)
+      # Grain worker processes that read, decode and augment tfds images;
+      # 0 = in the training process. In-memory arrays (MNIST IDX) are always
+      # read in-process.
+      "workers": 0,
   })
   c.optim = ml_collections.ConfigDict({
       "name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False,
       # l2 added to the gradient, as PyTorch's SGD weight_decay.
       "weight_decay": 0.0,
       "decay_epochs": (90.0,), "decay_factor": 0.1,
+      # "step" (lr x decay_factor at each decay epoch) or "one_cycle" (linear
+      # 0 -> lr at peak_fraction of the run -> 0, Wong et al. 2020).
+      "schedule": "step", "peak_fraction": 0.5,
   })
   c.train = ml_collections.ConfigDict({
       "num_epochs": 100.0,
@@ -139,7 +152,13 @@ def base(method: str) -> ml_collections.ConfigDict:
       "every_epochs": 1,
       "val_examples": 1000,      # validation examples judged each epoch
       "test_examples": 0,        # 0 = the whole test split
-      "test_checkpoint": "final",  # or "best" (by validation PGD accuracy)
+      "test_checkpoint": "final",  # or "best" (by validation select_on)
+      # The validation accuracy that picks the best checkpoint: "pgd" or
+      # "clean" (a natural model's PGD accuracy is ~0 and selects nothing).
+      "select_on": "pgd",
+      # Stop once select_on has not improved for this many epochs (validated
+      # every epoch); 0 = train the whole schedule.
+      "patience": 0,
       # Clean accuracy on the whole test split after every epoch, logged as
       # the "test_clean" record (monitoring, as in the LFR authors' logs;
       # never used to pick a checkpoint).
@@ -168,8 +187,19 @@ def base(method: str) -> ml_collections.ConfigDict:
 
 def _set_method(c: ml_collections.ConfigDict, method_settings: dict | None
                 ) -> ml_collections.ConfigDict:
-  if method_settings:
-    c[c.method] = ml_collections.ConfigDict(dict(method_settings))
+  """Sets ``config.<method>``: every setting of the method, preset's first.
+
+  The section lists all the method's own settings (its defaults where the
+  preset names none), so that each one prints in config.json and can be
+  overridden from the command line; the shared inner settings stay in
+  ``config.inner``.
+  """
+  from lfr_jax import objectives  # pylint: disable=g-import-not-at-top
+  own = {k: v for k, v in objectives.DEFAULTS[c.method].items()
+         if k not in objectives.INNER_SETTINGS}
+  own.update(method_settings or {})
+  if own:
+    c[c.method] = ml_collections.ConfigDict(own)
   return c
 
 
@@ -242,9 +272,12 @@ def imagenet(method: str, **method_settings) -> ml_collections.ConfigDict:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
   c.inner.update({"eps": IMAGENET_EPS, "step_size": 2 / 255, "num_steps": 2,
                   "warmup_epochs": 20.0})
+  # workers: a v3 host has 96 vCPUs; one worker makes about 230 Inception
+  # crops/s on a 2026 x86 core (docs/BENCHMARKS.md) and LLR's pace needs
+  # about 350 per host: 8 leave a wide margin.
   c.data.update({"name": "imagenet2012", "batch_size": 512,
                  "augment": "inception", "image_size": 224,
-                 "validation_size": 10000})
+                 "validation_size": 10000, "workers": 8})
   c.optim.update({"lr": 0.1, "weight_decay": 1e-4,
                   "decay_epochs": (35.0, 70.0, 95.0)})
   c.train.num_epochs = 100.0
@@ -302,6 +335,7 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     _small_resnet(c, width=16, image_size=64)
     c.data.batch_size = 128
     c.data.validation_size = 1000
+    c.data.workers = 0
   c.distributed.enabled = False
 
 
@@ -343,6 +377,23 @@ def _curve(c: ml_collections.ConfigDict) -> None:
   c.checkpoint.keep_epochs = CURVE_KEEP_EPOCHS
 
 
+def _converge(c: ml_collections.ConfigDict) -> None:
+  """Trains to a plateau: early stopping on validation clean accuracy.
+
+  The learning rate stays constant (no decay epoch); validation judges 1,000
+  held-out training images every epoch, the best epoch's checkpoint is the
+  one tested, and the run stops once that best is CONVERGE_PATIENCE epochs
+  old (at most CONVERGE_EPOCHS). For models whose papers report a converged
+  network (the decision-surface paper's 99.17% natural MNIST model).
+  """
+  c.train.num_epochs = CONVERGE_EPOCHS
+  c.optim.decay_epochs = ()
+  c.eval.update({"select_on": "clean", "patience": CONVERGE_PATIENCE,
+                 "every_epochs": 1, "test_checkpoint": "best"})
+  _eval_steps(c, 20, (1000, 1000), 500)
+  c.log.every_steps = 100
+
+
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """A handful of steps and a tiny evaluation, for tests (< 2 min with compile)."""
   c.data.train_size = 64
@@ -359,6 +410,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   elif c.data.name == "imagenet2012":
     _small_resnet(c, width=8, image_size=32)
     c.data.validation_size = 16
+    c.data.workers = 0
   c.distributed.enabled = False
 
 
@@ -380,13 +432,15 @@ def finish(c: ml_collections.ConfigDict, arg: str | None
   arg = arg or ""
   if arg not in VARIANTS:
     raise ValueError(f"unknown config variant {arg!r}; valid: "
-                     f"'' (full), 'quick', 'repro', 'curve', 'smoke'.")
+                     f"{', '.join(repr(v) for v in VARIANTS)}.")
   if arg == "quick":
     _quick(c)
   elif arg == "repro":
     _repro(c)
   elif arg == "curve":
     _curve(c)
+  elif arg == "converge":
+    _converge(c)
   elif arg == "smoke":
     _smoke(c)
   return c

@@ -24,6 +24,7 @@ from lfr_jax import data
 from lfr_jax import models
 from lfr_jax import objectives
 from lfr_jax import text
+from lfr_jax import train_state
 
 UNROLL = ("auto", "full", "none")
 OPTIMIZERS = ("sgd", "adam")
@@ -158,6 +159,9 @@ def _check_optim(config) -> None:
   check_number("optim.momentum", o.momentum, lo=0, hi=1, hi_open=True)
   check_number("optim.weight_decay", o.weight_decay, lo=0)
   check_number("optim.decay_factor", o.decay_factor, lo=0, lo_open=True)
+  check_choice("optim.schedule", o.schedule, train_state.SCHEDULES)
+  check_number("optim.peak_fraction", o.peak_fraction, lo=0, lo_open=True,
+               hi=1, hi_open=True)
   epochs = tuple(o.decay_epochs)
   for e in epochs:
     check_number("optim.decay_epochs", e, lo=0)
@@ -174,6 +178,11 @@ def _check_eval(config) -> None:
   check_integer("eval.val_examples", e.val_examples, lo=0)
   check_integer("eval.test_examples", e.test_examples, lo=0)
   check_choice("eval.test_checkpoint", e.test_checkpoint, TEST_CHECKPOINTS)
+  check_choice("eval.select_on", e.select_on, ("pgd", "clean"))
+  check_integer("eval.patience", e.patience, lo=0)
+  if e.patience and e.every_epochs != 1:
+    raise ConfigError("config.eval.patience counts validated epochs; it needs "
+                      "config.eval.every_epochs=1.")
   check_integer("eval.batch_size", e.batch_size, lo=1)
   check_number("eval.eps", e.eps, lo=0)
   check_number("eval.step_size", e.step_size, lo=0, lo_open=True)

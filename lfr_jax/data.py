@@ -16,10 +16,17 @@ Splits: "validation" is held out from the *end* of the train split
 ``train_size``), "test" is the test split (ImageNet: its validation split).
 
 Batches: the training order is a permutation drawn from (seed, epoch), so
-:func:`train_batches` can start at any (epoch, step) and reproduce the batches
-of an uninterrupted run exactly. Each host reads only its slice of every
-global batch (``process_index`` of ``process_count``); :func:`to_global` then
-assembles the host-local numpy arrays into one array sharded over the mesh.
+:func:`train_stream` (global steps, across epochs) and :func:`train_batches`
+(one epoch) can start at any step and reproduce the batches of an
+uninterrupted run exactly. Each host reads only its slice of every global
+batch (``process_index`` of ``process_count``). With ``workers`` > 0, tfds
+images are read, decoded and augmented in Grain worker processes
+(:mod:`lfr_jax.grain_batches`), whole batches at a time by the function the
+in-process path calls, so the batches are the same bytes for any worker
+count. :func:`device_batches` assembles each host slice into one array
+sharded over the mesh (:func:`to_global`, i.e.
+``jax.make_array_from_process_local_data``) in a background thread, ahead of
+the step.
 
 Example::
 
@@ -38,11 +45,12 @@ import logging
 import os
 import queue
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from lfr_jax import mnist
+from lfr_jax import preprocessing
 from lfr_jax.preprocessing import preprocess
 
 # The IDX files live in lfr_jax.mnist; these names stay importable from here.
@@ -127,19 +135,32 @@ class ArraySource:
 
 
 class TfdsSource:
-  """A tfds random-access data source (array_record), decoded per batch."""
+  """A tfds random-access data source (array_record) of encoded images.
 
-  def __init__(self, source: Sequence[Mapping[str, Any]], description: str):
-    self.source, self.description = source, description
+  :meth:`read` fetches the records of a batch, parses them with tfds' image
+  decoding skipped, and decodes the images itself
+  (:func:`preprocessing.decode`) into PIL images, which :func:`preprocess`
+  crops and resizes without a full-size numpy copy. Sources that hand out
+  decoded arrays (tfds' mock data) are used as they come.
+  """
+
+  def __init__(self, source: Any, description: str, channels: int):
+    self.source, self.description, self.channels = source, description, channels
 
   def __len__(self) -> int:
     return len(self.source)
 
-  def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Returns (list of uint8 images, int32 labels) at ``indices``."""
-    examples = [self.source[int(i)] for i in indices]
-    return ([np.asarray(e["image"]) for e in examples],
-            np.asarray([e["label"] for e in examples], np.int32))
+  def read(self, indices: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """Returns (list of decoded images, int32 labels) at ``indices``."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    records = [self.source.data_source[int(i)] for i in indices]
+    skip = {"image": tfds.decode.SkipDecoding()}
+    parse = self.source.dataset_info.features.deserialize_example_np
+    examples = [parse(r, decoders=skip) for r in records]
+    images = [preprocessing.decode(e["image"], self.channels)
+              if isinstance(e["image"], bytes) else np.asarray(e["image"])
+              for e in examples]
+    return images, np.asarray([e["label"] for e in examples], np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,17 +264,22 @@ def _open_tfds_quietly(info: DatasetInfo, split: str, cfg) -> TfdsSource:
                     f"from {where} as array_record: {first} (prepare it with "
                     f"`tfds build {info.tfds_name} --file_format=array_record`)."
                     ) from None
-  return TfdsSource(source, f"tfds:{info.tfds_name}/{split}")
+  # 1 (MNIST) or 3: what tfds would decode to (ImageNet's few greyscale
+  # JPEGs become RGB).
+  channels = source.dataset_info.features["image"].shape[-1] or 3
+  return TfdsSource(source, f"tfds:{info.tfds_name}/{split}", channels)
 
 
 def check_settings(cfg) -> None:
-  """Checks the dataset fields of a data config: its name, and IDX for MNIST only.
+  """Checks the dataset fields of a data config: its name, IDX for MNIST only,
+  the number of data workers.
 
   Args:
     cfg: data config (ConfigDict or dict).
 
   Raises:
-    DataError: one line naming the field (``data.name``, ``data.source``).
+    DataError: one line naming the field (``data.name``, ``data.source``,
+      ``data.workers``).
   """
   name = _get(cfg, "name", "mnist")
   if name not in DATASETS:
@@ -262,6 +288,10 @@ def check_settings(cfg) -> None:
   if _get(cfg, "source", "auto") == "idx" and name != "mnist":
     raise DataError(f"data.source 'idx' reads MNIST only, not {name!r}; use "
                     f"'tfds' or 'auto'.")
+  workers = _get(cfg, "workers", 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise DataError(f"data.workers {workers!r} must be an integer >= 0 (Grain "
+                    f"worker processes; 0 = read in the training process).")
 
 
 def load(cfg) -> Dataset:
@@ -330,10 +360,133 @@ def _host_slice(global_batch: int, process_index: int, process_count: int
   return slice(process_index * local, (process_index + 1) * local)
 
 
+class _TrainBatch:
+  """This host's part of the training batch of a global step (picklable).
+
+  A pure function of (seed, epoch, step) and the host's slice: what Grain's
+  worker processes call, and what the in-process path calls, so both yield
+  the same bytes whatever the number of workers. It returns uint8 images
+  (a quarter of float32's bytes to move between processes);
+  :func:`_as_floats` converts them where they are used.
+  """
+
+  def __init__(self, split: Split, *, batch_size: int, seed: int,
+               process_index: int, process_count: int, augment: str,
+               image_size: int):
+    self.split, self.batch_size, self.seed = split, batch_size, seed
+    self.augment, self.image_size = augment, image_size
+    self.steps_per_epoch = steps_per_epoch(len(split), batch_size)
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"batch size {batch_size} exceeds the {len(split)} "
+                       f"examples of the split.")
+    mine = _host_slice(batch_size, process_index, process_count)
+    self.positions = np.arange(batch_size)[mine]
+    self._order: tuple[int, np.ndarray] | None = None
+
+  def __getstate__(self) -> dict[str, Any]:
+    # The permutation is recomputed where it is used, not pickled.
+    return dict(self.__dict__, _order=None)
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    if self._order is None or self._order[0] != epoch:
+      self._order = (epoch, epoch_order(len(self.split), self.seed, epoch))
+    return self._order[1]
+
+  def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    epoch, in_epoch = divmod(int(step), self.steps_per_epoch)
+    order = self._epoch_order(epoch)
+    images, labels = self.split.read(
+        order[in_epoch * self.batch_size + self.positions])
+    x = preprocessing.preprocess_uint8(
+        images, train=True, augment=self.augment, image_size=self.image_size,
+        rng_seed=(self.seed, epoch, in_epoch), positions=self.positions)
+    return x, labels
+
+
+class _EvalBatch:
+  """This host's part of the evaluation batch starting at an example (picklable)."""
+
+  def __init__(self, split: Split, *, batch_size: int, num_examples: int,
+               process_index: int, process_count: int, image_size: int):
+    self.split, self.batch_size, self.n = split, batch_size, num_examples
+    self.image_size = image_size
+    self.mine = _host_slice(batch_size, process_index, process_count)
+
+  def __call__(self, start: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    idx = np.arange(start, min(start + self.batch_size, self.n))
+    mask = np.zeros(self.batch_size, np.float32)
+    mask[:len(idx)] = 1.0
+    idx = np.concatenate([idx, np.full(self.batch_size - len(idx), idx[0])])
+    images, labels = self.split.read(idx[self.mine])
+    return (preprocessing.preprocess_uint8(images, train=False,
+                                           image_size=self.image_size),
+            labels, mask[self.mine])
+
+
+def _in_order(make_batch, items: range, split: Split, workers: int
+              ) -> Iterator[Any]:
+  """``make_batch(i)`` for ``i`` in ``items``, images as float32.
+
+  Made in Grain workers when ``workers`` > 0 and the split is read from
+  tfds; in-memory arrays (MNIST) stay in this process: there is nothing to
+  decode.
+  """
+  if workers > 0 and isinstance(split.source, TfdsSource) and len(items):
+    # Imported here: Grain (and the jax it imports) only for this path.
+    from lfr_jax import grain_batches  # pylint: disable=g-import-not-at-top
+    return _as_floats(grain_batches.ordered_map(make_batch, items, workers))
+  return _as_floats(make_batch(i) for i in items)
+
+
+def _as_floats(batches: Iterator[tuple[np.ndarray, ...]]
+               ) -> Iterator[tuple[np.ndarray, ...]]:
+  try:
+    for images, *rest in batches:
+      yield (preprocessing.to_float(images), *rest)
+  finally:
+    _closing(batches)
+
+
+def train_stream(split: Split, *, batch_size: int, seed: int, start_step: int,
+                 stop_step: int, process_index: int = 0,
+                 process_count: int = 1, augment: str = "none",
+                 image_size: int = 0, workers: int = 0
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields this host's part of the training batches of global steps
+  ``start_step`` to ``stop_step - 1``, across epochs.
+
+  Step ``s`` is step ``s % steps_per_epoch`` of epoch
+  ``s // steps_per_epoch``: its batch depends only on (seed, epoch, step)
+  and the host's slice, so a resumed run continues with exactly the batches
+  of an uninterrupted one, whatever ``workers`` is.
+
+  Args:
+    split: the training split.
+    batch_size: global batch size (all hosts).
+    seed: data seed.
+    start_step: first global step to yield.
+    stop_step: the step after the last one.
+    process_index: this host's index.
+    process_count: number of hosts.
+    augment: see :func:`preprocess`.
+    image_size: see :func:`preprocess`.
+    workers: Grain worker processes that read, decode and augment (tfds
+      sources; 0 = in this process). One pool serves every epoch.
+
+  Yields:
+    (x float32 (B / process_count, H, W, C) in [0, 1], y int32).
+  """
+  make = _TrainBatch(split, batch_size=batch_size, seed=seed,
+                     process_index=process_index, process_count=process_count,
+                     augment=augment, image_size=image_size)
+  return _in_order(make, range(start_step, stop_step), split, workers)
+
+
 def train_batches(split: Split, *, batch_size: int, seed: int, epoch: int,
                   start_step: int = 0, process_index: int = 0,
                   process_count: int = 1, augment: str = "none",
-                  image_size: int = 0
+                  image_size: int = 0, workers: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields this host's part of each training batch of one epoch.
 
@@ -347,24 +500,23 @@ def train_batches(split: Split, *, batch_size: int, seed: int, epoch: int,
     process_count: number of hosts.
     augment: see :func:`preprocess`.
     image_size: see :func:`preprocess`.
+    workers: see :func:`train_stream`.
 
   Yields:
     (x float32 (B / process_count, H, W, C) in [0, 1], y int32).
   """
-  order = epoch_order(len(split), seed, epoch)
-  mine = _host_slice(batch_size, process_index, process_count)
-  positions = np.arange(batch_size)[mine]
-  for step in range(start_step, steps_per_epoch(len(split), batch_size)):
-    batch = order[step * batch_size:(step + 1) * batch_size][mine]
-    images, labels = split.read(batch)
-    x = preprocess(images, train=True, augment=augment, image_size=image_size,
-                   rng_seed=(seed, epoch, step), positions=positions)
-    yield x, labels
+  per_epoch = steps_per_epoch(len(split), batch_size)
+  return train_stream(split, batch_size=batch_size, seed=seed,
+                      start_step=epoch * per_epoch + start_step,
+                      stop_step=(epoch + 1) * per_epoch,
+                      process_index=process_index,
+                      process_count=process_count, augment=augment,
+                      image_size=image_size, workers=workers)
 
 
 def eval_batches(split: Split, *, batch_size: int, num_examples: int = 0,
                  process_index: int = 0, process_count: int = 1,
-                 image_size: int = 0
+                 image_size: int = 0, workers: int = 0
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields this host's part of fixed-size evaluation batches, in order.
 
@@ -378,20 +530,16 @@ def eval_batches(split: Split, *, batch_size: int, num_examples: int = 0,
     process_index: this host's index.
     process_count: number of hosts.
     image_size: see :func:`preprocess`.
+    workers: see :func:`train_stream`.
 
   Yields:
     (x float32, y int32, mask float32), host-local.
   """
   n = len(split) if num_examples <= 0 else min(num_examples, len(split))
-  mine = _host_slice(batch_size, process_index, process_count)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    mask = np.zeros(batch_size, np.float32)
-    mask[:len(idx)] = 1.0
-    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-    images, labels = split.read(idx[mine])
-    yield (preprocess(images, train=False, image_size=image_size), labels,
-           mask[mine])
+  make = _EvalBatch(split, batch_size=batch_size, num_examples=n,
+                    process_index=process_index, process_count=process_count,
+                    image_size=image_size)
+  return _in_order(make, range(0, n, batch_size), split, workers)
 
 
 def to_global(sharding, *arrays: np.ndarray):
@@ -409,11 +557,19 @@ def to_global(sharding, *arrays: np.ndarray):
                for a in arrays)
 
 
+def _closing(iterator: Iterator[Any]) -> None:
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
 def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
   """Runs ``iterator`` in a background thread, ``size`` items ahead.
 
   Reading and augmenting the next batches overlaps the device step. Items come
   out in order; an exception in the producer is re-raised in the consumer.
+  When the consumer stops early, the producer closes ``iterator`` (stopping
+  its worker processes, if any).
 
   Args:
     iterator: any iterator.
@@ -440,6 +596,8 @@ def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
       q.put(done)
     except BaseException as e:  # pylint: disable=broad-except
       q.put(e)
+    finally:
+      _closing(iterator)
 
   thread = threading.Thread(target=produce, daemon=True)
   thread.start()
@@ -453,6 +611,38 @@ def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
       yield item
   finally:
     stop.set()
+    # Let the producer close its iterator (and any workers) before we go on.
+    thread.join(timeout=10)
+
+
+def _placed(batches: Iterator[tuple[np.ndarray, ...]], sharding
+            ) -> Iterator[tuple[Any, ...]]:
+  try:
+    for arrays in batches:
+      yield to_global(sharding, *arrays)
+  finally:
+    _closing(batches)
+
+
+def device_batches(batches: Iterator[tuple[np.ndarray, ...]], sharding,
+                   size: int = 2) -> Iterator[tuple[Any, ...]]:
+  """Host batches as global device arrays, transferred ahead of the step.
+
+  A background thread pulls each host-local batch (from this process or
+  Grain's workers), assembles it with :func:`to_global`
+  (``jax.make_array_from_process_local_data``) and keeps ``size`` placed
+  batches queued, so reading, augmenting and the host-to-device copy all
+  overlap the running step.
+
+  Args:
+    batches: host-local tuples of numpy arrays, e.g. :func:`train_stream`.
+    sharding: e.g. ``NamedSharding(mesh, P("data"))``.
+    size: placed batches kept ahead.
+
+  Yields:
+    Tuples of global ``jax.Array``.
+  """
+  return prefetch(_placed(batches, sharding), size)
 
 
 if __name__ == "__main__":

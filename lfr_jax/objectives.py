@@ -58,7 +58,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # LLR Appendix F.2 (CIFAR-10): lam 4, mu 3, nominal weight 2, Adam 0.1.
     "llr": {"step_size": 0.1, "num_steps": 10, "lam": 4.0, "mu": 3.0,
             "nominal_weight": 2.0},
-    "lfr": {"step_size": 0.01, "num_steps": 40, "lam": 0.02, "norm": "l1"},
+    # ascent/penalty "finite_difference" and start "uniform" are the cheap
+    # first-order variants (regularizers.local_flatness); fd_step is their h.
+    "lfr": {"step_size": 0.01, "num_steps": 40, "lam": 0.02, "norm": "l1",
+            "ascent": "exact", "penalty": "exact", "fd_step": 0.01,
+            "start": "gaussian"},
     "gradient_norm": {"lam": 0.02, "norm": "l1"},
     # Per-example ||J||_2, unsquared, summed over pixels; the MNIST preset
     # uses the squared, pixel-mean form that its paper's c = 500 implies.
@@ -180,13 +184,14 @@ def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
                     extra=mu * first_order.mean())
 
 
-def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, unroll,
-         remat_inner):
+def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, ascent,
+         penalty, fd_step, start, unroll, remat_inner):
   views = _Views(net, x, key, remat_inner)
   flatness, _ = regularizers.local_flatness(
       views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
       num_steps=num_steps, norm=norm, unroll=unroll,
-      inner_logits_fn=views.inner)
+      inner_logits_fn=views.inner, ascent=ascent, penalty=penalty,
+      fd_step=fd_step, start=start)
   return _penalized(views, y, lam, flatness)
 
 
@@ -219,6 +224,13 @@ def _check_values(settings: dict[str, Any]) -> None:
     _validate.steps("num_steps", settings["num_steps"])
   if "norm" in settings:
     _validate.choice("norm", settings["norm"], regularizers.NORMS)
+  for name in ("ascent", "penalty"):
+    if name in settings:
+      _validate.choice(name, settings[name], regularizers.DERIVATIVES)
+  if "start" in settings:
+    _validate.choice("start", settings["start"], regularizers.STARTS)
+  if "fd_step" in settings:
+    _validate.positive("fd_step", settings["fd_step"])
   for weight in ("lam", "mu", "beta", "c", "nominal_weight"):
     if weight in settings:
       _validate.nonneg(weight, settings[weight])

@@ -62,8 +62,11 @@ def float32_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
 
   @functools.wraps(fn)
   def wrapped(logits_fn, x, *args, **kwargs):
-    if "inner_logits_fn" in kwargs and kwargs["inner_logits_fn"] is not None:
-      kwargs["inner_logits_fn"] = float32_logits_fn(kwargs["inner_logits_fn"])
+    # Further logits functions come as keywords (inner_logits_fn,
+    # direction_logits_fn): their losses are float32 too.
+    for name, value in kwargs.items():
+      if name.endswith("logits_fn") and value is not None:
+        kwargs[name] = float32_logits_fn(value)
     return fn(float32_logits_fn(logits_fn), at_least_float32(x), *args,
               **kwargs)
 

@@ -6,7 +6,13 @@ Each function takes ``logits_fn`` (any JAX callable mapping images (N,H,W,C) in
 regularizer by double backprop. Values are per example; average them yourself.
 
 - :func:`local_flatness` - LFR (Xu et al. 2020, Eq. 1/3/4): the worst gradient
-  norm max_{x' in B_inf(x, eps)} ||d CE(x')/dx'||_1, found by sign-PGD.
+  norm max_{x' in B_inf(x, eps)} ||d CE(x')/dx'||_1, found by sign-PGD. Its
+  first-order variants replace each second derivative by a finite difference
+  of first derivatives (Finlay & Oberman 2019): the inner ascent direction
+  H s by (g(x' + h s) - g(x')) / h and the outer penalty ||g(x')||_1 = g . s
+  by (CE(x' + h s) - CE(x')) / h, with s = sign(g(x')) held fixed; both tend
+  to the exact ones as h -> 0 (:func:`dual_direction`,
+  :func:`finite_difference_penalty`).
 - :func:`input_gradient_norm` - the first-order penalty ||d CE(x)/dx|| (LFR at
   eps = 0, Theorem 2; Simon-Gabriel et al. 2019).
 - :func:`local_linearity` - LLR (Qin et al. 2019, Eq. 6/8): gamma(eps, x) and
@@ -57,6 +63,12 @@ from lfr_jax import precision
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 NORMS = ("l1", "l2", "linf")
+# How LFR's inner ascent and outer penalty are computed: by double backprop
+# ("exact") or by a finite difference of first-order gradients.
+DERIVATIVES = ("exact", "finite_difference")
+# Where the inner ascent starts: x + init_std N(0, 1) (the authors' code) or
+# uniformly in the eps-ball (Wong et al. 2020's FGSM-RS start).
+STARTS = ("gaussian", "uniform")
 
 # Authors' LFR code: x' starts at x + 0.001 * N(0, 1), TRADES does the same.
 INIT_STD = 1e-3
@@ -81,6 +93,33 @@ def per_example_norm(v: jax.Array, norm: str) -> jax.Array:
     return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
   if norm == "linf":
     return jnp.abs(flat).max(axis=1)
+  raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}.")
+
+
+def dual_direction(g: jax.Array, norm: str) -> jax.Array:
+  """The unit direction s along which g's directional derivative is ||g||.
+
+  ``sum(g * s) == per_example_norm(g, norm)`` per example, with s in the unit
+  ball of the dual norm: sign(g) for "l1", g / ||g||_2 for "l2" (0 at g = 0)
+  and, for "linf", sign(g_i) at the first largest |g_i| and 0 elsewhere.
+
+  Args:
+    g: (N, ...) per-example gradients.
+    norm: "l1", "l2" or "linf".
+
+  Returns:
+    s, shaped like ``g``.
+  """
+  if norm == "l1":
+    return jnp.sign(g)
+  flat = g.reshape(g.shape[0], -1)
+  if norm == "l2":
+    size = per_example_norm(g, "l2")[:, None]
+    return (flat / jnp.where(size > 0, size, 1.0)).reshape(g.shape)
+  if norm == "linf":
+    hot = jax.nn.one_hot(jnp.argmax(jnp.abs(flat), axis=1), flat.shape[1],
+                         dtype=g.dtype)
+    return (hot * jnp.sign(flat)).reshape(g.shape)
   raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}.")
 
 
@@ -145,14 +184,57 @@ def input_gradient_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
 
 
 @precision.float32_inputs
+def flatness_ascent_direction(logits_fn: LogitsFn, x_adv: jax.Array,
+                              y: jax.Array, *, norm: str = "l1",
+                              ascent: str = "exact", fd_step: float = 0.01
+                              ) -> jax.Array:
+  """The gradient of ||d CE(x')/dx'|| with respect to x', exact or by differences.
+
+  "exact" differentiates the gradient norm (a Hessian-vector product H s,
+  s = :func:`dual_direction` of the gradient g, by double backprop).
+  "finite_difference" uses (g(x' + h s) - g(x')) / h, two first-order
+  gradients, which tends to H s as h -> 0.
+
+  Args:
+    logits_fn: x -> logits.
+    x_adv: (N, H, W, C) current iterates.
+    y: (N,) labels.
+    norm: the gradient norm to ascend.
+    ascent: "exact" or "finite_difference".
+    fd_step: the difference step h (input units along s).
+
+  Returns:
+    (N, H, W, C) ascent directions (scale matters only for the exact one).
+  """
+  if ascent == "exact":
+    def total_norm(z):
+      return per_example_norm(input_gradients(logits_fn, z, y), norm).sum()
+    return jax.grad(total_norm)(x_adv)
+  g = input_gradients(logits_fn, x_adv, y)
+  s = lax.stop_gradient(dual_direction(g, norm))
+  return (input_gradients(logits_fn, x_adv + fd_step * s, y) - g) / fd_step
+
+
+def _flatness_start(key, x, eps, start, init_std):
+  if start == "uniform":
+    return project_linf(
+        x + eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0), x, eps)
+  return project_linf(x + init_std * jax.random.normal(key, x.shape, x.dtype),
+                      x, eps)
+
+
+@precision.float32_inputs
 def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                     key: jax.Array, *, eps, step_size, num_steps: int,
                     norm: str = "l1", init_std: float = INIT_STD,
-                    unroll: bool = True) -> jax.Array:
+                    unroll: bool = True, ascent: str = "exact",
+                    fd_step: float = 0.01, start: str = "gaussian"
+                    ) -> jax.Array:
   """Sign-PGD on the input-gradient norm (LFR Eq. 3), the inner maximization.
 
-  Each step ascends ``||d CE(x')/dx'||`` along ``sign(d/dx' ||d CE/dx'||)``, a
-  Hessian-vector product H sign(grad) for l1, then projects onto
+  Each step ascends ``||d CE(x')/dx'||`` along the sign of
+  :func:`flatness_ascent_direction` (for l1 a Hessian-vector product
+  H sign(grad), exact or by finite differences), then projects onto
   B_inf(x, eps) intersected with [0, 1].
 
   Args:
@@ -161,7 +243,7 @@ def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
       carried through the loop.
     x: clean images in [0, 1].
     y: labels.
-    key: PRNG key for the N(0, init_std^2) start.
+    key: PRNG key for the start.
     eps: l_inf radius (may be traced, e.g. during warm-up).
     step_size: sign-step length.
     num_steps: number of steps K (static).
@@ -171,22 +253,55 @@ def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
       loop run about 3x slower inside a rolled ``while`` loop (measured with
       SmallCNN, batch 128); unrolling costs compile time (seconds at K=40)
       and nothing at run time.
+    ascent: "exact" (double backprop) or "finite_difference".
+    fd_step: the finite-difference step h of the "finite_difference" ascent.
+    start: "gaussian" (x + init_std N(0, 1), the authors' code) or
+      "uniform" (uniform in the eps-ball).
 
   Returns:
     x_worst under ``stop_gradient``.
   """
-  start = project_linf(x + init_std * jax.random.normal(key, x.shape, x.dtype),
-                       x, eps)
-
-  def total_norm(z):
-    return per_example_norm(input_gradients(logits_fn, z, y), norm).sum()
+  first = _flatness_start(key, x, eps, start, init_std)
 
   def step(_, x_adv):
-    ascent = jax.grad(total_norm)(x_adv)
-    return project_linf(x_adv + step_size * jnp.sign(ascent), x, eps)
+    direction = flatness_ascent_direction(logits_fn, x_adv, y, norm=norm,
+                                          ascent=ascent, fd_step=fd_step)
+    return project_linf(x_adv + step_size * jnp.sign(direction), x, eps)
 
-  x_worst = _fori(num_steps, step, start, unroll)
+  x_worst = _fori(num_steps, step, first, unroll)
   return lax.stop_gradient(x_worst)
+
+
+@precision.float32_inputs
+def finite_difference_penalty(logits_fn: LogitsFn, x_point: jax.Array,
+                              y: jax.Array, *, norm: str = "l1",
+                              fd_step: float = 0.01,
+                              direction_logits_fn: LogitsFn | None = None
+                              ) -> jax.Array:
+  """||d CE(x')/dx'|| by a first-order difference (Finlay & Oberman 2019).
+
+  The norm is the directional derivative along s = :func:`dual_direction` of
+  the gradient at x'; with s held fixed,
+  (CE(x' + h s) - CE(x')) / h tends to it, and its parameter gradient to the
+  double-backprop one, as h -> 0, using only first-order derivatives.
+
+  Args:
+    logits_fn: x -> logits whose parameters the caller differentiates.
+    x_point: (N, H, W, C) the points x'.
+    y: (N,) labels.
+    norm: "l1", "l2" or "linf".
+    fd_step: the step h along s.
+    direction_logits_fn: logits function for the direction s (e.g. with
+      parameters under stop_gradient); defaults to ``logits_fn``.
+
+  Returns:
+    (N,) values.
+  """
+  g = input_gradients(direction_logits_fn or logits_fn, x_point, y)
+  s = lax.stop_gradient(dual_direction(g, norm))
+  x_point = lax.stop_gradient(x_point)
+  shifted = losses.cross_entropy(logits_fn(x_point + fd_step * s), y)
+  return (shifted - losses.cross_entropy(logits_fn(x_point), y)) / fd_step
 
 
 @precision.float32_inputs
@@ -194,7 +309,9 @@ def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                    key: jax.Array, *, eps, step_size, num_steps: int,
                    norm: str = "l1", init_std: float = INIT_STD,
                    unroll: bool = True,
-                   inner_logits_fn: LogitsFn | None = None
+                   inner_logits_fn: LogitsFn | None = None,
+                   ascent: str = "exact", penalty: str = "exact",
+                   fd_step: float = 0.01, start: str = "gaussian"
                    ) -> tuple[jax.Array, jax.Array]:
   """Local flatness gamma(x, eps) = max_{x' in B_inf(x, eps)} ||d CE(x')/dx'||.
 
@@ -219,16 +336,34 @@ def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
     unroll: unroll the PGD loop (see :func:`flatness_ascent`).
     inner_logits_fn: logits function for the inner maximization (e.g. eval
       mode, parameters under stop_gradient); defaults to ``logits_fn``.
+    ascent: the inner ascent's direction, "exact" (double backprop) or
+      "finite_difference" (see :func:`flatness_ascent_direction`).
+    penalty: the returned value, "exact" (double backprop through the
+      gradient norm) or "finite_difference"
+      (:func:`finite_difference_penalty`, first-order only).
+    fd_step: the step h of the finite differences.
+    start: the inner ascent's start, "gaussian" or "uniform".
 
   Returns:
     (value (N,), x_worst (N, H, W, C)).
   """
   _check_common(x, y, norm)
   _check_inner(eps, step_size, num_steps)
-  x_worst = flatness_ascent(inner_logits_fn or logits_fn, x, y, key, eps=eps,
-                            step_size=step_size, num_steps=num_steps,
-                            norm=norm, init_std=init_std, unroll=unroll)
-  value = per_example_norm(input_gradients(logits_fn, x_worst, y), norm)
+  _validate.choice("ascent", ascent, DERIVATIVES)
+  _validate.choice("penalty", penalty, DERIVATIVES)
+  _validate.choice("start", start, STARTS)
+  _validate.positive("fd_step", fd_step)
+  inner = inner_logits_fn or logits_fn
+  x_worst = flatness_ascent(inner, x, y, key, eps=eps, step_size=step_size,
+                            num_steps=num_steps, norm=norm, init_std=init_std,
+                            unroll=unroll, ascent=ascent, fd_step=fd_step,
+                            start=start)
+  if penalty == "finite_difference":
+    value = finite_difference_penalty(logits_fn, x_worst, y, norm=norm,
+                                      fd_step=fd_step,
+                                      direction_logits_fn=inner)
+  else:
+    value = per_example_norm(input_gradients(logits_fn, x_worst, y), norm)
   return value, x_worst
 
 
@@ -439,8 +574,10 @@ def trades_kl(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
 
 
 __all__ = [
-    "NORMS", "per_example_norm", "project_linf", "input_gradients",
-    "input_gradient_norm", "flatness_ascent", "local_flatness",
+    "NORMS", "DERIVATIVES", "STARTS", "per_example_norm", "dual_direction",
+    "project_linf", "input_gradients", "input_gradient_norm",
+    "flatness_ascent_direction", "flatness_ascent",
+    "finite_difference_penalty", "local_flatness",
     "linearity_gap", "linearity_ascent", "local_linearity",
     "decision_jacobian_norm", "trades_ascent", "trades_kl",
 ]

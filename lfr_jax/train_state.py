@@ -86,26 +86,55 @@ def abstract_state(tree: Any) -> Any:
       tree)
 
 
-def learning_rate_schedule(optim_cfg, steps_per_epoch: int
-                           ) -> optax.Schedule:
-  """Piecewise-constant LR: ``lr`` times ``decay_factor`` after each decay epoch."""
+SCHEDULES = ("step", "one_cycle")
+
+
+def learning_rate_schedule(optim_cfg, steps_per_epoch: int,
+                           total_steps: int | None = None) -> optax.Schedule:
+  """The learning rate at each step.
+
+  "step": ``lr`` times ``decay_factor`` after each of ``decay_epochs``.
+  "one_cycle": linear from 0 up to ``lr`` at ``peak_fraction`` of the run,
+  then linear down to 0 at its end (the cyclic schedule of Wong et al. 2020,
+  "Fast is better than free").
+
+  Args:
+    optim_cfg: ``config.optim``.
+    steps_per_epoch: to turn epochs into steps.
+    total_steps: the run's length in steps; needed by "one_cycle".
+
+  Returns:
+    The schedule.
+  """
+  schedule = getattr(optim_cfg, "schedule", "step")
+  if schedule == "one_cycle":
+    if not total_steps:
+      raise ValueError("the one_cycle learning-rate schedule needs the run's "
+                       "total_steps.")
+    peak = max(1, int(round(optim_cfg.peak_fraction * total_steps)))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, optim_cfg.lr, peak),
+         optax.linear_schedule(optim_cfg.lr, 0.0, max(1, total_steps - peak))],
+        [peak])
   boundaries = {int(round(e * steps_per_epoch)): optim_cfg.decay_factor
                 for e in optim_cfg.decay_epochs}
   return optax.piecewise_constant_schedule(optim_cfg.lr, boundaries)
 
 
-def make_optimizer(optim_cfg, steps_per_epoch: int
+def make_optimizer(optim_cfg, steps_per_epoch: int,
+                   total_steps: int | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """SGD (momentum) or Adam with l2 weight decay added to the gradient.
 
   Args:
     optim_cfg: ``config.optim``.
     steps_per_epoch: to turn decay epochs into steps.
+    total_steps: the run's length in steps (for the "one_cycle" schedule).
 
   Returns:
     (optimizer, learning-rate schedule).
   """
-  schedule = learning_rate_schedule(optim_cfg, steps_per_epoch)
+  schedule = learning_rate_schedule(optim_cfg, steps_per_epoch, total_steps)
   if optim_cfg.name == "sgd":
     base = optax.sgd(schedule, momentum=optim_cfg.momentum or None,
                      nesterov=optim_cfg.nesterov)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import itertools
 import logging as std_logging
 import math
 import time
@@ -160,6 +161,8 @@ class _Run:
     # full logging window was flagged.
     self.collapse_step = -1
     self.collapsed_at_end = False
+    # The epoch after which eval.patience stopped the run (-1: it did not).
+    self.early_stop_epoch = -1
 
   # Everything that can fail on a user mistake happens here, before any write.
   def prepare(self) -> None:
@@ -194,8 +197,8 @@ class _Run:
                             config.model, platform=platform,
                             remat=config.train.remat))
     self.graphdef = net.graphdef
-    self.tx, self.lr_fn = train_state.make_optimizer(config.optim,
-                                                     self.steps_per_epoch)
+    self.tx, self.lr_fn = train_state.make_optimizer(
+        config.optim, self.steps_per_epoch, self.total_steps)
     state = train_state.create_train_state(net, self.tx,
                                            jax.random.fold_in(root, 1))
     self.state = jax.device_put(state, sharding.replicated(self.mesh))
@@ -297,22 +300,36 @@ class _Run:
              100 * result["pgd_acc"], result["examples"])
     return result
 
-  def batches(self, epoch: int, start: int) -> Iterator[tuple[jax.Array, ...]]:
+  def batches(self, start: int, stop: int) -> Iterator[tuple[jax.Array, ...]]:
+    """Global steps ``start`` to ``stop - 1`` as placed batches, across epochs.
+
+    One stream (and one pool of data workers) serves the whole call; each
+    batch is a pure function of (seed, epoch, step), so a resumed run gets
+    the batches of an uninterrupted one.
+    """
     cfg = self.config.data
-    local = data.train_batches(
+    local = data.train_stream(
         self.dataset.train, batch_size=cfg.batch_size, seed=self.config.seed,
-        epoch=epoch, start_step=start, process_index=jax.process_index(),
+        start_step=start, stop_step=stop, process_index=jax.process_index(),
         process_count=jax.process_count(), augment=cfg.augment,
-        image_size=cfg.image_size)
-    for x, y in data.prefetch(local):
-      yield data.to_global(self.batch_sharding, x, y)
+        image_size=cfg.image_size, workers=cfg.get("workers", 0))
+    return data.device_batches(local, self.batch_sharding)
 
   def train(self) -> bool:
-    """Runs the remaining steps; False when stopped early (max_steps/epochs)."""
+    """Runs the remaining steps.
+
+    Returns:
+      True when the run is complete: the schedule is done, or validation
+      stopped it (``eval.patience``); False when ``train.max_steps`` or
+      ``train.max_epochs`` paused it.
+    """
     cfg = self.config
     step = int(jax.device_get(self.state.step))
     stop_at = min(self.total_steps, cfg.train.max_steps or self.total_steps,
                   math.ceil(cfg.train.max_epochs * self.steps_per_epoch) or self.total_steps)
+    if step < self.total_steps and self.stops_early(step):
+      self.early_stop_epoch = step // self.steps_per_epoch  # a rerun
+      return True
     if step >= stop_at:
       return step >= self.total_steps
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -323,13 +340,14 @@ class _Run:
         disable=not (cfg.log.progress and self.is_chief))
     window, in_flight = [], collections.deque()
     window_start, window_steps = time.time(), 0
+    stream = self.batches(step, stop_at)
     try:
       while step < stop_at:
         epoch, first = divmod(step, self.steps_per_epoch)
         bar.set_description(f"{cfg.method} epoch {epoch + 1}/"
                             f"{math.ceil(self.total_steps / self.steps_per_epoch)}")
         last = min(self.steps_per_epoch, stop_at - epoch * self.steps_per_epoch)
-        for x, y in self.batches(epoch, first):
+        for x, y in itertools.islice(stream, last - first):
           self.state, metrics = self.train_step(self.state, x, y)
           step += 1
           window.append(metrics)
@@ -352,6 +370,15 @@ class _Run:
           pause = time.time()  # examples/s counts training, not eval/saves
           if epoch_end:
             self.end_epoch(step)
+            if self.stops_early(step):
+              self.early_stop_epoch = step // self.steps_per_epoch
+              self.log("epoch %d: validation %s accuracy has not improved "
+                       "for %d epochs (best %.2f%% at epoch %d); stopping "
+                       "early.", self.early_stop_epoch, cfg.eval.select_on,
+                       cfg.eval.patience,
+                       100 * self.best[f"val_{cfg.eval.select_on}_acc"],
+                       self.best["epoch"])
+              return True
           elif step == stop_at or (cfg.checkpoint.every_steps and
                                    step % cfg.checkpoint.every_steps == 0):
             self.check_finite()
@@ -360,6 +387,7 @@ class _Run:
           if step - epoch * self.steps_per_epoch >= last:
             break
     finally:
+      stream.close()
       bar.close()
     return step >= self.total_steps
 
@@ -387,12 +415,24 @@ class _Run:
     every = cfg.eval.every_epochs
     if every and ((epoch + 1) % every == 0 or step == self.total_steps):
       result = self.validate_epoch(epoch, step)
-      if result["pgd_acc"] > self.best["val_pgd_acc"]:
+      selected = f"{cfg.eval.select_on}_acc"
+      if result[selected] > self.best.get(f"val_{selected}", -1.0):
         self.best = {"val_pgd_acc": result["pgd_acc"],
                      "val_clean_acc": result["clean_acc"], "step": step,
                      "epoch": epoch + 1}
         is_best = True
     self.ckpt.save(self.state, self.meta(step), best=is_best)
+
+  def stops_early(self, step: int) -> bool:
+    """Whether validation has not improved for ``eval.patience`` epochs.
+
+    Read from the best epoch recorded in the checkpoints' metadata, so a
+    resumed run stops where a straight one would.
+    """
+    patience = self.config.eval.patience
+    if not patience or step % self.steps_per_epoch or self.best["epoch"] < 0:
+      return False
+    return step // self.steps_per_epoch - self.best["epoch"] >= patience
 
   def test(self) -> dict[str, Any]:
     cfg = self.config
@@ -478,7 +518,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
                "dataset": config.data.name, "step": step,
                "epochs": step / run.steps_per_epoch, "completed": completed,
                "best_val": run.best, "collapse_step": run.collapse_step,
-               "collapsed_at_end": run.collapsed_at_end}
+               "collapsed_at_end": run.collapsed_at_end,
+               "early_stop_epoch": run.early_stop_epoch}
     if completed:
       summary.update(run.test())
     summary["seconds"] = time.time() - run.t0
@@ -503,8 +544,12 @@ def summary_line(summary: dict[str, Any], config) -> str:
     return (f"{head}, stopped at train.max_steps/max_epochs; rerun (with a "
             f"larger one) to resume.")
   best = summary["best_val"]
-  best_text = (f", best val PGD {100 * best['val_pgd_acc']:.2f}% at epoch "
+  selected = config.eval.select_on
+  best_text = (f", best val {'PGD' if selected == 'pgd' else 'clean'} "
+               f"{100 * best[f'val_{selected}_acc']:.2f}% at epoch "
                f"{best['epoch']}" if best.get("step", -1) >= 0 else "")
+  if summary.get("early_stop_epoch", -1) >= 0:
+    best_text += f", stopped early after epoch {summary['early_stop_epoch']}"
   return (f"{head}, test clean {100 * summary['test_clean_acc']:.2f}%, "
           f"{_pgd_label(config.eval)} {100 * summary['test_pgd_acc']:.2f}% "
           f"({summary['test_examples']} examples, {summary['test_checkpoint']})"

@@ -70,18 +70,24 @@ SMOKE = {
     "apgd_torchattacks": (["--num_examples=8", "--batch=8", "--steps=2",
                            "--train_steps=1", "--repeats=1", "--threads=1"]
                           if HAS_TORCHATTACKS and HAS_MNIST else None),
+    # {tmp}: a temporary folder for the synthetic ImageNet it writes.
+    "input_pipeline": ["--dir={tmp}", "--num_images=16", "--short_side=40,60",
+                       "--image_size=32", "--batch=4", "--seconds=1",
+                       "--cores=1", "--workers=0", "--paths=train,stages"],
 }
 
 
 @pytest.fixture(scope="module")
-def smoke_runs():
+def smoke_runs(tmp_path_factory):
   """Starts every bench script with tiny flags at once; name -> Popen."""
   procs = {}
   for name, args in SMOKE.items():
     if args is None:
       continue
+    tmp = str(tmp_path_factory.mktemp(name))
     procs[name] = subprocess.Popen(
-        [sys.executable, os.path.join(BENCH, f"{name}.py"), *args],
+        [sys.executable, os.path.join(BENCH, f"{name}.py"),
+         *[a.replace("{tmp}", tmp) for a in args]],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   yield procs
   for proc in procs.values():
@@ -259,3 +265,6 @@ def test_script_runs_with_tiny_flags(smoke_runs, name):
     assert "overhead ratio" in out and "differ by" in out
   if name == "apgd_torchattacks":
     assert "robust accuracies agree" in out
+  if name == "input_pipeline":
+    assert "images/s per host" in out and "JPEG decode" in out
+    assert "required:" in out and "ratio" in out

@@ -175,3 +175,154 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(data.DataError, match="not prepared in .*tfds build cifar10"):
     data.load({"name": "cifar10", "tfds_data_dir": str(tmp_path)})
+
+
+# ----------------------------------------------------------------------------
+# The tfds path on a synthetic ImageNet, Grain workers, device prefetch
+
+
+@pytest.fixture(scope="module")
+def synthetic_imagenet(tmp_path_factory):
+  """A tiny synthetic imagenet2012 in tfds array_record files (real reader)."""
+  pytest.importorskip("tensorflow_datasets")
+  from tools import synthetic_imagenet as tool
+  folder = str(tmp_path_factory.mktemp("tfds"))
+  tool.write(folder, num_train=40, num_validation=12, short_side=(24, 40))
+  return folder
+
+
+def test_synthetic_imagenet_reads_through_the_loader(synthetic_imagenet):
+  from tools import synthetic_imagenet as tool
+  ds = data.load({"name": "imagenet2012", "tfds_data_dir": synthetic_imagenet,
+                  "validation_size": 8})
+  assert ds.source == "tfds" and (len(ds.train), len(ds.test)) == (32, 12)
+  images, labels = ds.test.read(np.arange(12))
+  for image in images:
+    h, w, c = np.asarray(image).shape
+    assert c == 3 and 24 <= min(h, w) <= 40 and max(h, w) <= 80
+  assert labels.dtype == np.int32 and labels.max() < 1000
+  # The same settings reuse the set; others are refused, nothing overwritten.
+  assert tool.write(synthetic_imagenet, num_train=40, num_validation=12,
+                    short_side=(24, 40)).endswith("5.1.0")
+  with pytest.raises(tool.SyntheticError, match="other settings"):
+    tool.write(synthetic_imagenet, num_train=41, num_validation=12,
+               short_side=(24, 40))
+
+
+def test_grain_workers_give_the_in_process_batches(synthetic_imagenet):
+  ds = data.load({"name": "imagenet2012", "tfds_data_dir": synthetic_imagenet,
+                  "validation_size": 8})
+  per_epoch = data.steps_per_epoch(len(ds.train), 8)  # 4
+  # Across an epoch boundary, on one host of two.
+  kw = dict(batch_size=8, seed=5, start_step=per_epoch - 2,
+            stop_step=per_epoch + 2, process_index=1, process_count=2,
+            augment="inception", image_size=16)
+  alone = list(data.train_stream(ds.train, **kw))
+  pooled = list(data.train_stream(ds.train, workers=2, **kw))
+  assert len(alone) == len(pooled) == 4
+  for (x0, y0), (x1, y1) in zip(alone, pooled):
+    assert x0.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(x0, x1)
+    np.testing.assert_array_equal(y0, y1)
+  evals = [list(data.eval_batches(ds.test, batch_size=8, image_size=16,
+                                  workers=w)) for w in (0, 1)]
+  assert len(evals[0]) == len(evals[1]) == 2
+  for a, b in zip(*evals):
+    for u, v in zip(a, b):
+      np.testing.assert_array_equal(u, v)
+
+
+def test_train_stream_runs_the_epochs_of_train_batches():
+  split = _toy_split()
+  epochs = [list(data.train_batches(split, batch_size=8, seed=2, epoch=e,
+                                    augment="crop_flip")) for e in (0, 1)]
+  stream = list(data.train_stream(split, batch_size=8, seed=2, start_step=3,
+                                  stop_step=7, augment="crop_flip"))
+  for (x0, y0), (x1, y1) in zip(epochs[0][3:] + epochs[1][:2], stream):
+    assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
+  assert len(stream) == 4
+
+
+def _ramp(height, width):
+  """Value = column index: bilinear resampling maps it to the source column."""
+  return np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :, None],
+                         (height, width, 3)).copy()
+
+
+def test_inception_crop_resamples_the_drawn_rectangle():
+  from lfr_jax import preprocessing
+  h, w, size = 180, 240, 32
+  image = _ramp(h, w)
+  for position in range(6):
+    x = preprocessing.preprocess([image], train=True, augment="inception",
+                                 image_size=size, rng_seed=(7, 1),
+                                 positions=[position])[0] * 255
+    # The draws, replayed: area, aspect ratio, corner, flip.
+    rng = np.random.default_rng([7, 1, position])
+    while True:
+      area = h * w * rng.uniform(0.08, 1.0)
+      ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+      ch, cw = round(np.sqrt(area / ratio)), round(np.sqrt(area * ratio))
+      if 0 < ch <= h and 0 < cw <= w:
+        break
+    rng.integers(0, h - ch + 1)
+    left = rng.integers(0, w - cw + 1)
+    flip = rng.random() < 0.5
+    source_x = left + (np.arange(size) + 0.5) * cw / size - 0.5
+    expected = source_x[::-1] if flip else source_x
+    inner = slice(2, size - 2)  # the filter is clipped at the image's edges
+    np.testing.assert_allclose(x[:, inner, 0],
+                               np.broadcast_to(expected[inner], (size, size - 4)),
+                               atol=1.0)
+    assert np.ptp(x, axis=0).max() == 0  # rows equal: a horizontal ramp
+
+
+def test_center_crop_resamples_the_centre():
+  h, w, size = 100, 200, 28
+  x = data.preprocess([_ramp(h, w)], train=False, image_size=size)[0] * 255
+  # Shorter side to size / 0.875 = 32: 32 x 64, then the centre 28 x 28.
+  scale_x = 64 / w
+  source_x = ((64 - size) // 2 + np.arange(size) + 0.5) / scale_x - 0.5
+  np.testing.assert_allclose(x[0, :, 0], source_x, atol=1.0)
+
+
+def test_decode_gives_the_channels_asked_for():
+  import io
+  from PIL import Image
+  from lfr_jax import preprocessing
+  grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
+  buffer = io.BytesIO()
+  Image.fromarray(grey).save(buffer, "PNG")
+  rgb = np.asarray(preprocessing.decode(buffer.getvalue(), 3))
+  assert rgb.shape == (6, 8, 3) and np.array_equal(rgb[..., 1], grey)
+  assert np.array_equal(np.asarray(preprocessing.decode(buffer.getvalue(), 1)),
+                        grey)
+
+
+def test_workers_setting_is_checked_in_one_line():
+  for bad in (-1, 1.5, "2", True):
+    with pytest.raises(data.DataError, match=r"^data.workers .* integer >= 0"):
+      data.check_settings({"name": "mnist", "workers": bad})
+  data.check_settings({"name": "mnist", "workers": 3})
+
+
+def test_device_batches_place_in_order_and_close_the_source():
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  closed = []
+
+  def source():
+    try:
+      for i in range(100):
+        yield np.full((2, 3), i, np.float32), np.array([i, i], np.int32)
+    finally:
+      closed.append(True)
+
+  placed = data.device_batches(source(), NamedSharding(mesh, P("data")))
+  for i in range(3):
+    x, y = next(placed)
+    assert isinstance(x, jax.Array) and x.sharding.spec == P("data")
+    assert float(x[0, 0]) == i and y.tolist() == [i, i]
+  placed.close()  # the consumer stops early: the producer closes its source
+  assert closed == [True]

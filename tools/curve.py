@@ -57,6 +57,33 @@ class CurveRow:
   name: str      # workdir name under --workdir
   preset: str    # configs/<preset>.py, run with its :curve variant
   label: str     # legend and table label
+  # Config fields set on top of the preset's :curve variant, as
+  # (("lfr.lam", 0.1), ...): applied in Python (bench, flops) and passed as
+  # --config.<field>=<value> to train.py.
+  overrides: tuple[tuple[str, object], ...] = ()
+  # The epochs whose checkpoints are kept and evaluated.
+  epochs: tuple[int, ...] = common.CURVE_KEEP_EPOCHS
+
+  def override_flags(self) -> list[str]:
+    """The overrides as train.py flags."""
+    return [f"--config.{field}={_flag_value(value)}"
+            for field, value in self.overrides]
+
+  def config(self):
+    """The row's training config, as train.py builds it."""
+    module = __import__(f"configs.{self.preset}", fromlist=["get_config"])
+    config = module.get_config("curve")
+    for field, value in self.overrides:
+      section, key = field.rsplit(".", 1)
+      config[section][key] = value
+    return config
+
+
+def _flag_value(value) -> str:
+  """A value as ml_collections parses it from the command line."""
+  if isinstance(value, tuple):
+    return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
 
 
 ROWS = (
@@ -66,6 +93,14 @@ ROWS = (
     CurveRow("lfr_softplus_s0", "mnist_lfr_softplus", "LFR, softplus SmallCNN"),
     CurveRow("lfr_warmup_s0", "mnist_lfr_warmup", "LFR, ε warm-up"),
     CurveRow("llr_s0", "mnist_llr", "LLR"),
+    # The cheapest LFR: one inner step of 1.25 eps from a uniform start
+    # (Wong et al.'s FGSM-RS step), lambda 0.1, run 4x as many epochs.
+    CurveRow("lfr_k1_s0", "mnist_lfr", "LFR, K = 1 from a uniform start "
+             "(λ=0.1)", overrides=(
+                 ("inner.num_steps", 1), ("inner.step_size", 0.375),
+                 ("lfr.start", "uniform"), ("lfr.lam", 0.1),
+                 ("train.num_epochs", 20.0), ("optim.decay_epochs", (18.0,))),
+             epochs=(1, 2, 5, 10, 20)),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 EPOCHS = common.CURVE_KEEP_EPOCHS
@@ -74,21 +109,23 @@ AUTHORS_MODEL = "authors_model"          # eval folder of the published model
 AUTHORS_MODEL_EXAMPLES = 1000
 AUTHORS_SETTINGS = "lfr_authors_settings"  # workdir of the K = 40 run
 AUTHORS_EPOCHS = 2
-STAGES = ("train", "eval", "authors_model", "authors_settings", "bench",
-          "collect")
+STAGES = ("train", "eval", "authors_model", "authors_settings", "flops",
+          "bench", "collect")
 
 
 def train_command(row: CurveRow, root: str) -> list[str]:
   """The train.py command of a curve row."""
+  keep = ([f"--config.checkpoint.keep_epochs={_flag_value(row.epochs)}"]
+          if row.epochs != common.CURVE_KEEP_EPOCHS else [])
   return [sys.executable, "train.py",
           f"--config=configs/{row.preset}.py:curve",
           f"--workdir={os.path.join(root, row.name)}",
-          "--config.log.progress=False"]
+          "--config.log.progress=False", *row.override_flags(), *keep]
 
 
 def eval_command(row: CurveRow, root: str, epoch: int) -> list[str]:
   """evaluate.py on the checkpoint kept at the end of ``epoch``."""
-  last = epoch == max(EPOCHS)
+  last = epoch == max(row.epochs)
   return [sys.executable, "evaluate.py",
           f"--workdir={os.path.join(root, row.name)}",
           f"--checkpoint=epoch:{epoch}",
@@ -140,7 +177,7 @@ def stage_train(root: str, rows, dry_run: bool) -> None:
 
 def stage_eval(root: str, rows, dry_run: bool) -> None:
   for row in rows:
-    for epoch in EPOCHS:
+    for epoch in row.epochs:
       out = os.path.join(root, "eval", row.name, f"epoch_{epoch}")
       if os.path.isfile(os.path.join(out, "robustness.json")):
         continue
@@ -188,11 +225,10 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
   mesh = sharding.make_mesh(1)
   timed = {}
   for row in rows:
-    config = __import__(f"configs.{row.preset}",
-                        fromlist=["get_config"]).get_config("curve")
+    config = row.config()
     net = models.create(config.model.name, jax.random.key(0),
                         **models.kwargs_from_config(config.model))
-    tx, lr_fn = train_state.make_optimizer(config.optim, 429)
+    tx, lr_fn = train_state.make_optimizer(config.optim, 429, 429 * 5)
     step = steps.make_train_step(
         objectives.build(config.method,
                          **objectives.settings_from_config(config)),
@@ -220,6 +256,60 @@ def step_seconds(rows, repeats: int = 10, rounds: int = 3) -> dict[str, dict]:
   return {name: {"median_s": statistics.median(times), "min_s": min(times),
                  "steps_timed": len(times)}
           for name, (_, _, _, times) in timed.items()}
+
+
+def step_flops(row: CurveRow) -> dict[str, float]:
+  """FLOPs and bytes of one training step of a row, from the compiled step.
+
+  The step is built exactly as ``train.py`` builds it and compiled for this
+  host's CPU with every inner loop unrolled, so XLA's cost analysis counts
+  each iteration (a rolled loop's body is counted once). FLOPs do not depend
+  on the machine's speed or load, unlike seconds.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lfr_jax import models  # pylint: disable=g-import-not-at-top
+  from lfr_jax import objectives  # pylint: disable=g-import-not-at-top
+  from lfr_jax import sharding  # pylint: disable=g-import-not-at-top
+  from lfr_jax import steps  # pylint: disable=g-import-not-at-top
+  from lfr_jax import train_state  # pylint: disable=g-import-not-at-top
+  config = row.config()
+  config.inner.unroll = "full"
+  net = models.create(config.model.name, jax.random.key(0),
+                      **models.kwargs_from_config(config.model))
+  tx, lr_fn = train_state.make_optimizer(config.optim, 429, 429 * 5)
+  mesh = sharding.make_mesh(1)
+  step = steps.make_train_step(
+      objectives.build(config.method,
+                       **objectives.settings_from_config(config)),
+      net.graphdef, tx, lr_fn, train_state.eps_schedule(config.inner, 429),
+      mesh)
+  state = jax.eval_shape(
+      lambda: train_state.create_train_state(net, tx, jax.random.key(1)))
+  batch = config.data.batch_size
+  cost = step.lower(state, jax.ShapeDtypeStruct((batch, 28, 28, 1),
+                                                jnp.float32),
+                    jax.ShapeDtypeStruct((batch,), jnp.int32)
+                    ).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {"flops": float(cost["flops"]),
+          "bytes_accessed": float(cost["bytes accessed"])}
+
+
+def stage_flops(root: str, rows, dry_run: bool) -> None:
+  """Writes ``step_flops.json``: each row's FLOPs per training step."""
+  path = os.path.join(root, "step_flops.json")
+  print(f"$ {PROG} --stages=flops  (compiles one step of each row)")
+  if dry_run:
+    return
+  result = _load(path) if os.path.isfile(path) else {"rows": {}}
+  for row in rows:
+    result["rows"][row.name] = step_flops(row)
+    print(f"{row.name}: {result['rows'][row.name]['flops']:.3g} FLOPs/step",
+          flush=True)
+  os.makedirs(root, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
 
 
 def stage_bench(root: str, rows, dry_run: bool) -> None:
@@ -275,14 +365,14 @@ def stage_collect(root: str, results_dir: str = RESULTS_DIR) -> None:
   for row in ROWS:
     _copy(os.path.join(root, row.name), train_files,
           os.path.join(results_dir, row.name))
-    for epoch in EPOCHS:
+    for epoch in row.epochs:
       _copy(os.path.join(root, "eval", row.name, f"epoch_{epoch}"), eval_files,
             os.path.join(results_dir, row.name, f"epoch_{epoch}"))
   _copy(os.path.join(root, "eval", AUTHORS_MODEL), eval_files,
         os.path.join(results_dir, AUTHORS_MODEL))
   _copy(os.path.join(root, AUTHORS_SETTINGS), train_files,
         os.path.join(results_dir, AUTHORS_SETTINGS))
-  _copy(root, ("step_seconds.json",), results_dir)
+  _copy(root, ("step_seconds.json", "step_flops.json"), results_dir)
   from tools import curve_report  # pylint: disable=g-import-not-at-top
   curve_report.write_figure(results_dir)
   curve_report.write_log_figure(results_dir)
@@ -316,6 +406,8 @@ def run() -> None:
     stage_authors_model(root, os.path.abspath(checkpoint), dry_run)
   if "authors_settings" in settings.stages:
     stage_authors_settings(root, settings.authors_epochs, dry_run)
+  if "flops" in settings.stages:
+    stage_flops(root, rows, dry_run)
   if "bench" in settings.stages:
     stage_bench(root, rows, dry_run)
   if "collect" in settings.stages and not dry_run:

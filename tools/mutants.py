@@ -61,8 +61,8 @@ _THRESHOLDS = _EVAL + "test_masking_check_thresholds"
 MUTANTS: tuple[Mutant, ...] = (
     # The bugs that once passed the suite.
     Mutant("lfr_eps_half", "lfr_jax/regularizers.py",
-           "return project_linf(x_adv + step_size * jnp.sign(ascent), x, eps)",
-           "return project_linf(x_adv + step_size * jnp.sign(ascent), x, "
+           "return project_linf(x_adv + step_size * jnp.sign(direction), x, eps)",
+           "return project_linf(x_adv + step_size * jnp.sign(direction), x, "
            "eps / 2)",
            (_LFR_BINDING, _VALUE + "[lfr]"),
            "LFR's inner max projects onto eps/2"),
@@ -91,8 +91,8 @@ MUTANTS: tuple[Mutant, ...] = (
             _OBJ + "test_batchnorm_inside_objectives_on_a_tiny_wide_resnet"),
            "BatchNorm in batch mode at perturbed points (outer terms)"),
     Mutant("lfr_ascent_sign", "lfr_jax/regularizers.py",
-           "return project_linf(x_adv + step_size * jnp.sign(ascent), x, eps)",
-           "return project_linf(x_adv - step_size * jnp.sign(ascent), x, eps)",
+           "return project_linf(x_adv + step_size * jnp.sign(direction), x, eps)",
+           "return project_linf(x_adv - step_size * jnp.sign(direction), x, eps)",
            (_LFR_BINDING,),
            "LFR's ascent descends"),
     # Projections.

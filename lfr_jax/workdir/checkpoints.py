@@ -183,7 +183,7 @@ def load_checkpoint(config, path, *, best: bool = False,
   """
   net = models.create(config.model.name, jax.random.key(0),
                       **models.kwargs_from_config(config.model))
-  tx, _ = train_state.make_optimizer(config.optim, 1)
+  tx, _ = train_state.make_optimizer(config.optim, 1, total_steps=1)  # structure only
   mesh = sharding.make_mesh(config.mesh.num_devices)
   state = jax.device_put(
       train_state.create_train_state(net, tx, jax.random.key(0)),

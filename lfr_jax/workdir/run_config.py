@@ -21,12 +21,13 @@ import ml_collections
 from lfr_jax.workdir import layout
 
 # Config fields a resume may change: where and how long a run goes, what it
-# logs and how it is judged, none of what its checkpoints are. Prefixes end
-# with "."; every other field (method and its settings, model, data, seed,
-# optimizer and schedule, inner maximization) must match config.json.
+# logs and how it is judged, how many processes read its data, none of what
+# its checkpoints are. Prefixes end with "."; every other field (method and
+# its settings, model, data, seed, optimizer and schedule, inner
+# maximization) must match config.json.
 SAFE_TO_CHANGE = ("train.max_steps", "train.max_epochs", "log.", "eval.",
                   "checkpoint.", "mesh.", "distributed.", "data.dir",
-                  "data.tfds_data_dir", "data.download")
+                  "data.tfds_data_dir", "data.download", "data.workers")
 
 
 
