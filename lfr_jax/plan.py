@@ -509,7 +509,9 @@ def report_lines(plan: dict[str, Any]) -> list[str]:
         f"{m['outputs'] / gib:.2f}, temporaries {m['temporaries'] / gib:.2f},"
         f" code {m['generated_code'] / gib:.2f}, aliased "
         f"{m['aliased'] / gib:.2f})" + (
-            f" of {plan['hbm_per_device_bytes'] / gib:.2f} GiB HBM"
+            f" of {plan['hbm_per_device_bytes'] / gib:.2f} GiB HBM: "
+            f"{'fits' if step['fits'] else 'DOES NOT FIT'}, margin "
+            f"{step['margin_bytes'] / gib:.2f} GiB"
             if plan["hbm_per_device_bytes"] else ""))
     loops = "; ".join(f"{l['trips']} trips of {l['body_flops']:.3g} FLOPs"
                       for l in step["loops"]) or "no loops"

@@ -50,7 +50,8 @@ def trained(mnist_train):
 
 
 def _regularizers(inner, key, xt, yt):
-  k = dict(eps=EPS, num_steps=3)
+  # Rolled inner loops: the same maths, compiled in a fraction of the time.
+  k = dict(eps=EPS, num_steps=3, unroll=False)
   return {
       "lfr": lambda lf: regularizers.local_flatness(
           lf, xt, yt, key, step_size=0.01, inner_logits_fn=inner, **k)[0],
@@ -64,28 +65,44 @@ def _regularizers(inner, key, xt, yt):
   }
 
 
-def _value_and_grad(dtype, params, name, xt, yt):
+NAMES = ["lfr", "gradient_norm", "llr", "trades", "decision_jacobian"]
+
+
+def _values_and_grads(dtype, params, xt, yt):
+  """{name: (value, flat float64 gradient)} of every regularizer's batch mean.
+
+  All five in one jitted program per dtype (half the compile time of one
+  program each).
+  """
   net32 = models.create("small_cnn", jax.random.key(0), dropout=0.0)
   net = models.create("small_cnn", jax.random.key(0), dropout=0.0,
                       dtype=dtype)
 
-  def mean_value(p, x, y):
+  def all_values(p, x, y):
     # x and y are arguments, not closed-over constants XLA would fold.
     inner = net32.replace(params=jax.lax.stop_gradient(p)).logits_fn()
-    fn = _regularizers(inner, jax.random.key(3), x, y)[name]
-    return fn(net.replace(params=p).logits_fn()).mean()
+    fns = _regularizers(inner, jax.random.key(3), x, y)
+    return {name: jax.value_and_grad(
+        lambda q, f=fns[name]: f(net.replace(params=q).logits_fn()).mean())(p)
+            for name in NAMES}
 
-  value, grads = jax.jit(jax.value_and_grad(mean_value))(params, xt, yt)
-  flat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
-  return float(value), np.asarray(flat, np.float64)
+  out = jax.jit(all_values)(params, xt, yt)
+  return {name: (float(value), np.concatenate(
+      [np.ravel(g) for g in jax.tree.leaves(grads)]).astype(np.float64))
+          for name, (value, grads) in out.items()}
 
 
-@pytest.mark.parametrize("name", ["lfr", "gradient_norm", "llr", "trades",
-                                  "decision_jacobian"])
-def test_bfloat16_regularizer_close_to_float32(trained, name):
+@pytest.fixture(scope="module")
+def both_dtypes(trained):
   params, xt, yt = trained
-  v32, g32 = _value_and_grad("float32", params, name, xt, yt)
-  v16, g16 = _value_and_grad("bfloat16", params, name, xt, yt)
+  return {dtype: _values_and_grads(dtype, params, xt, yt)
+          for dtype in ("float32", "bfloat16")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_regularizer_close_to_float32(both_dtypes, name):
+  v32, g32 = both_dtypes["float32"][name]
+  v16, g16 = both_dtypes["bfloat16"][name]
   value_error = abs(v16 - v32) / abs(v32)
   grad_error = np.linalg.norm(g16 - g32) / np.linalg.norm(g32)
   print(f"{name}: value {v32:.5g} (f32) vs {v16:.5g} (bf16), relative "
@@ -99,10 +116,16 @@ def test_bfloat16_model_keeps_float32_parameters_and_logits():
                       num_classes=10, dtype="bfloat16")
   assert {p.dtype for p in jax.tree.leaves(net.params)} == {
       jnp.dtype(jnp.float32)}
-  logits, updated = net.apply(jnp.ones((2, 16, 16, 3)) * 0.5, bn_mode="batch")
+  # Dtypes only: traced, not run.
+  logits, updated = jax.eval_shape(
+      lambda: net.apply(jnp.ones((2, 16, 16, 3)) * 0.5, bn_mode="batch"))
   assert logits.dtype == jnp.float32
   assert {s.dtype for s in jax.tree.leaves(updated.state)} == {
       jnp.dtype(jnp.float32)}
+  # The convolutions did compute in bfloat16.
+  jaxpr = str(jax.make_jaxpr(
+      lambda x: net.apply(x, bn_mode="batch")[0])(jnp.ones((2, 16, 16, 3))))
+  assert "bf16" in jaxpr
 
 
 def _bf16_linear_model():

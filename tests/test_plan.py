@@ -127,11 +127,10 @@ def test_loop_with_unknown_trip_count_is_counted_once_and_flagged():
   assert cost["flops"] == cost["flops_counted_once"]
 
 
-def _tiny_lfr_grad_cost(unroll: bool) -> dict:
-  net = models.create("resnet", jax.random.key(0), stage_sizes=(1,), width=4,
-                      num_classes=10)
+def _lfr_grad_cost(unroll: bool) -> dict:
+  net = models.create("small_cnn", jax.random.key(0), dropout=0.0)
   objective = objectives.build("lfr", num_steps=3, unroll=unroll)
-  x = jnp.full((2, 8, 8, 3), 0.5)
+  x = jnp.full((2, 28, 28, 1), 0.5)
   y = jnp.arange(2)
 
   def loss(params, x, y):  # x, y as arguments: no constant folding
@@ -144,20 +143,18 @@ def _tiny_lfr_grad_cost(unroll: bool) -> dict:
 
 def test_rolled_loop_counts_like_the_unrolled_step():
   """The same LFR gradient, rolled (counted K times) and unrolled (XLA's own)."""
-  rolled, unrolled = _tiny_lfr_grad_cost(False), _tiny_lfr_grad_cost(True)
+  rolled, unrolled = _lfr_grad_cost(False), _lfr_grad_cost(True)
   # XLA:CPU also keeps threefry's 5-round loops rolled, in both.
   assert sorted(l["trips"] for l in rolled["loops"]) == [3, 5, 5]
   assert sorted(l["trips"] for l in unrolled["loops"]) == [5, 5]
-  # Counted once, the rolled step misses two of the three inner steps (about
-  # 35% of its FLOPs). Corrected, it comes within 12% of the unrolled
-  # program, which is not the same program: on XLA:CPU an unrolled inner step
-  # does 19% more (elementwise) work than the rolled body (measured
-  # 2026-12-03 at K = 2, 3, 4: 167K against 140K FLOPs per step, both exactly
-  # linear in K). On TPU the two agree to 0.2% (mnist_lfr, K = 40: see
-  # docs/SCALING.md) and the slow test below holds them to 3%.
-  assert rolled["flops_counted_once"] < 0.75 * unrolled["flops"]
-  assert rolled["flops"] == pytest.approx(unrolled["flops"], rel=0.12)
-  assert rolled["bytes"] == pytest.approx(unrolled["bytes"], rel=0.3)
+  # Counted once, the rolled step misses two of the three inner steps (38% of
+  # its FLOPs). Corrected, it matches the unrolled program's FLOPs (measured
+  # 2026-12-03 at K = 2, 3, 4: 0.05% fewer; the programs differ a little, as
+  # XLA hoists loop-invariant work out of the rolled body) and comes within
+  # 3-4% on bytes (a body's bytes are scaled, an approximation).
+  assert rolled["flops_counted_once"] < 0.7 * unrolled["flops"]
+  assert rolled["flops"] == pytest.approx(unrolled["flops"], rel=0.01)
+  assert rolled["bytes"] == pytest.approx(unrolled["bytes"], rel=0.1)
 
 
 # --- Reports and errors -----------------------------------------------------

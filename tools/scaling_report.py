@@ -36,6 +36,7 @@ from lfr_jax import text  # noqa: E402  pylint: disable=g-import-not-at-top
 
 PROG = "tools/scaling_report.py"
 PLANS = os.path.join("docs", "scaling")
+MIXED = "docs/results/mixed_precision.json"
 GiB = 2 ** 30
 # LLR paper, Sec. 5.2.1: wall time on 128 TPU v3 cores for 110 epochs.
 LLR_HOURS = {"llr": 7.0, "adversarial training": 36.0}
@@ -108,9 +109,15 @@ def _hours_for(plan: dict[str, Any], epochs: float) -> float | None:
 
 
 def _compile(plan: dict[str, Any]) -> str:
+  """"train T + eval E (load a-b, R GiB)": compile seconds with lowering."""
   loads = plan["host"]["load_average_1m"]
-  return (f"{plan['compile_seconds']:.0f} (load {loads[0]:.0f}-{loads[1]:.0f},"
-          f" {plan['host']['peak_rss_bytes'] / GiB:.1f} GiB)")
+  parts = []
+  for label, step in (("train", plan["train_step"]),
+                      ("eval", plan["eval_step"])):
+    if step is not None:
+      parts.append(f"{label} {step['lower_seconds'] + step['compile_seconds']:.0f}")
+  return (f"{' + '.join(parts)} (load {loads[0]:.0f}-{loads[1]:.0f}, "
+          f"{plan['host']['peak_rss_bytes'] / GiB:.1f} GiB)")
 
 
 def main_table(plans: dict[str, dict[str, Any]]) -> str:
@@ -135,7 +142,7 @@ def main_table(plans: dict[str, dict[str, Any]]) -> str:
        "device)", "FLOPs/step/device", "roofline s/step (bound)",
        ">= training h", f">= h for {LLR_EPOCHS} epochs",
        f"LLR paper, {LLR_EPOCHS} epochs on 128 v3 cores",
-       "compile s (host load, peak RSS)"], rows, left_columns=3)
+       "compile s (host load, peak host RSS)"], rows, left_columns=3)
 
 
 def variant_table(plans: dict[str, dict[str, Any]], variants: tuple[str, ...]
@@ -146,6 +153,7 @@ def variant_table(plans: dict[str, dict[str, Any]], variants: tuple[str, ...]
     base, variant = split_name(name)
     if variant not in variants or base not in plans:
       continue
+    reference = plans[base]["train_step"]
     for label, row in (("as in the main table", plans[base]),
                        (variant, plan)):
       step, memory = row["train_step"], row["train_step"]["memory"]
@@ -154,13 +162,22 @@ def variant_table(plans: dict[str, dict[str, Any]], variants: tuple[str, ...]
           f"{row['resolved']['dtype']}, conv {row['resolved']['conv']}, "
           f"remat {row['resolved']['remat']}",
           f"{_gib(memory['temporaries'])}", f"{_gib(memory['total'])}",
-          f"{step['flops']:.4g}", f"{step['bytes']:.4g}", _step(row),
-          f"{step['compile_seconds']:.0f}"])
+          _change(memory["total"], reference["memory"]["total"]),
+          f"{step['flops']:.4g}", _change(step["flops"], reference["flops"]),
+          f"{step['bytes']:.4g}", _change(step["bytes"], reference["bytes"]),
+          _step(row), f"{step['lower_seconds'] + step['compile_seconds']:.0f}"])
   return text.markdown_table(
       ["preset", "target", "row", "settings", "temporaries GiB",
-       "total GiB per device", "FLOPs/step", "bytes/step",
-       "roofline s/step (bound)", "train-step compile s"], rows,
-      left_columns=4)
+       "total GiB per device", "vs main row", "FLOPs/step", "vs main row",
+       "bytes/step", "vs main row", "roofline s/step (bound)",
+       "train-step compile s"], rows, left_columns=4)
+
+
+def _change(value: float, reference: float) -> str:
+  """"" for the reference itself, else the relative change, e.g. "-31%"."""
+  if value == reference:
+    return ""
+  return f"{(value - reference) / reference:+.1%}" if reference else "n/a"
 
 
 def commands(plans: dict[str, dict[str, Any]]) -> str:
@@ -219,11 +236,9 @@ Plans made {dates} with {versions}.
   `lfr_jax/hlo_cost.py` reads each loop's trip count from the compiled HLO,
   costs the body by analysing the module again with that body emptied, and
   adds it `trips - 1` more times. Checked against fully unrolled compiles:
-  exact for hand-counted nested matmul loops, and `mnist_lfr` (K = 40) on one
-  v5e chip gives 4.37e11 FLOPs per step of 128 images, where the unrolled
-  step compiled for 4 v5e chips counts 1.09e11 per chip of 32 images
-  (x 4 = 4.36e11). Bytes of a loop body are scaled by the ratio of the TPU's
-  byte count to the host analysis' (tile padding), an approximation.
+  exact for hand-counted nested matmul loops (`tests/test_plan.py`){unrolled}.
+  Bytes of a loop body are scaled by the ratio of the TPU's byte count to
+  the host analysis' (tile padding), an approximation.
 - **Roofline lower bound** of a step = max(FLOPs / peak FLOP/s, bytes / HBM
   bandwidth) of one device; epochs and runs multiply it by the steps. Chip
   figures (peak dense bf16 rate, HBM, HBM bandwidth per chip):
@@ -250,6 +265,10 @@ backward pass; `remat=inner` checkpoints the network inside the inner
 maximization. Same gradients either way (`tests/test_remat_and_conv.py`).
 
 {variants}
+
+## bfloat16 numerics
+
+{numerics}
 
 ## The convolution on TPU
 
@@ -299,6 +318,55 @@ then `python tools/scaling_report.py` rebuilds this page.
 """
 
 
+def unrolled_check(plans: dict[str, dict[str, Any]]) -> str:
+  """The rolled-against-unrolled sentence, from a plan and its __unrolled twin."""
+  for name, plan in plans.items():
+    base, variant = split_name(name)
+    if variant != "unrolled" or base not in plans:
+      continue
+    rolled, unrolled = plans[base]["train_step"], plan["train_step"]
+    trips = ", ".join(str(l["trips"]) for l in rolled["loops"])
+    return (f"; for the TPU, `{plan['config']}` on {plan['topology']} with its"
+            f" inner loop rolled ({trips} trips) counts {rolled['flops']:.4g} "
+            f"FLOPs and {rolled['bytes']:.4g} bytes per step, the same step "
+            f"fully unrolled {unrolled['flops']:.4g} and {unrolled['bytes']:.4g}"
+            f" ({(rolled['flops'] - unrolled['flops']) / unrolled['flops']:+.1%}"
+            f" and {(rolled['bytes'] - unrolled['bytes']) / unrolled['bytes']:+.1%}"
+            f"; XLA alone counts the rolled step's loop body once: "
+            f"{rolled['flops_counted_once']:.4g} FLOPs)")
+  return ""
+
+
+def numerics_table(path: str) -> str:
+  """The bf16-against-float32 table of ``bench/mixed_precision.py --json``."""
+  if not os.path.exists(path):
+    return "(no `bench/mixed_precision.py --json` results committed yet)"
+  with open(path) as f:
+    result = json.load(f)
+  settings = result["settings"]
+  rows = [[r["regularizer"], r["inner"], f"{r['value_f32']:.5g}",
+           f"{r['value_bf16']:.5g}", f"{r['value_rel_diff']:.2%}",
+           f"{r['grad_rel_l2_error']:.2%}", f"{r['grad_cosine']:.4f}"]
+          for r in result["results"]]
+  table = text.markdown_table(
+      ["regularizer", "inner maximization", "value f32", "value bf16",
+       "value rel. diff", "grad rel. l2 error", "grad cosine"], rows,
+      left_columns=2)
+  return (f"How far bfloat16 compute moves each regularizer, measured on the "
+          f"CPU (XLA:CPU's bfloat16, not a TPU's): a SmallCNN trained "
+          f"{settings['train_steps']} SGD steps on MNIST, the regularizers' "
+          f"values and parameter gradients on {settings['batch']} images at "
+          f"eps {settings['eps']}, K = {settings['num_steps']}, by the float32 "
+          f"model and its bfloat16-compute twin with the same parameters. "
+          f"\"same inner points\": both use the float32 model's inner "
+          f"maximization, so only the arithmetic differs; \"bf16 end to "
+          f"end\": the bf16 model also searches for its own inner points, as "
+          f"a bf16 run would. `tests/test_mixed_precision.py` bounds the "
+          f"first kind in the default suite. Machine: {result['machine']}.\n\n"
+          f"```bash\npython bench/mixed_precision.py --json={MIXED}\n```\n\n"
+          f"{table}")
+
+
 def build(folder: str = PLANS) -> str:
   """The whole SCALING.md text from the plans under ``folder``."""
   plans = load_plans(os.path.join(REPO, folder))
@@ -313,6 +381,8 @@ def build(folder: str = PLANS) -> str:
       chips=chip_table(plans), main=main_table(plans),
       variants=variant_table(plans, ("bf16", "remat_blocks", "remat_inner")),
       conv=variant_table(plans, ("conv_custom_vjp",)),
+      unrolled=unrolled_check(plans),
+      numerics=numerics_table(os.path.join(REPO, MIXED)),
       commands=commands(plans))
 
 

@@ -47,11 +47,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONVS = {"custom_vjp": fast_conv_general_dilated,
          "lax": lax.conv_general_dilated}
 # The convolution "auto" picks per platform. CPU: the custom VJP, 3-50x faster
-# under grad-of-grad on XLA:CPU (docs/BENCHMARKS.md). GPU: the custom VJP
-# too, as measured on the project's GPU runs. TPU: lax, from the compiled TPU
-# plans of docs/SCALING.md (fewer bytes and FLOPs per step and a shorter
-# compile than the custom VJP, whose explicit kernel flips and transposes
-# XLA:TPU does not need).
+# under grad-of-grad on XLA:CPU (docs/BENCHMARKS.md). TPU: lax, from the
+# compiled TPU plans of docs/SCALING.md (the custom VJP's explicit kernel
+# flips and transposes buy XLA:TPU nothing). GPU: not measured yet; the custom
+# VJP, as before the choice existed (``model.conv=lax`` picks the other).
 AUTO_CONV = {"cpu": "custom_vjp", "gpu": "custom_vjp", "tpu": "lax"}
 
 
