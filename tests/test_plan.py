@@ -7,6 +7,7 @@ libtpu compiles for TPU topologies on any host.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -253,6 +254,19 @@ def test_tiny_lfr_step_compiles_for_a_tpu_slice(tmp_path):
   # Refuses to overwrite what it wrote.
   again = _run_plan(*TINY, "--topology=v5litepod-4", f"--out={tmp_path}")
   assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@needs_libtpu
+def test_step_that_does_not_fit_is_one_line(tmp_path):
+  """XLA:TPU's compile-time out-of-memory, as a user sees it (about 10 s)."""
+  proc = _run_plan(*TINY, "--config.data.batch_size=1048576",
+                   "--topology=v5litepod-1", f"--out={tmp_path}")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert re.fullmatch(r"lfr-plan: error: does not fit: the training step "
+                      r"needs [\d.]+ GiB of [\d.]+ GiB per device\.", lines[0])
+  assert not (tmp_path / "plan.json").exists()
 
 
 @pytest.mark.slow
