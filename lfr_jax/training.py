@@ -426,13 +426,19 @@ class _Run:
   def stops_early(self, step: int) -> bool:
     """Whether validation has not improved for ``eval.patience`` epochs.
 
-    Read from the best epoch recorded in the checkpoints' metadata, so a
-    resumed run stops where a straight one would.
+    Epochs count from the best epoch, or from the schedule's last learning-
+    rate decay if that is later (a plateau before a decay is not the end of
+    training, so no run stops before its last decay). Read from
+    the best epoch recorded in the checkpoints' metadata, so a resumed run
+    stops where a straight one would.
     """
     patience = self.config.eval.patience
     if not patience or step % self.steps_per_epoch or self.best["epoch"] < 0:
       return False
-    return step // self.steps_per_epoch - self.best["epoch"] >= patience
+    optim = self.config.optim
+    decays = [e for e in optim.decay_epochs if optim.schedule == "step"]
+    since = max([self.best["epoch"]] + [math.ceil(e) for e in decays])
+    return step // self.steps_per_epoch - since >= patience
 
   def test(self) -> dict[str, Any]:
     cfg = self.config

@@ -26,7 +26,7 @@ METHOD_OF = {"standard": "standard", "at": "pgd_at", "trades": "trades",
              "llr": "llr", "lfr": "lfr", "gradient_norm": "gradient_norm",
              "decision_jacobian": "decision_jacobian",
              "lfr_softplus": "lfr", "lfr_warmup": "lfr",
-             "llr_softplus": "llr"}
+             "llr_softplus": "llr", "ds_natural": "standard"}
 
 
 def load(name, arg=None):

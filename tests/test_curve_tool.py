@@ -153,7 +153,7 @@ def test_bad_stage_is_one_line():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "tools/curve.py: error: unknown stages ['trian']; valid: train, eval, "
-      "authors_model, authors_settings, bench, collect."]
+      "authors_model, authors_settings, flops, bench, collect."]
 
 
 
@@ -162,3 +162,30 @@ def test_damaged_result_file_is_one_clear_error(tmp_path):
   (tmp_path / curve_report.AUTHORS_LOG).write_text('{"epochs": [')
   with pytest.raises(ValueError, match=r"authors_log\.json is not valid JSON"):
     curve_report.authors_log(str(tmp_path))
+
+
+def test_variant_rows_pass_their_overrides_to_train_and_config():
+  from tools import curve
+  row = curve.CurveRow("x", "mnist_lfr", "x", overrides=(
+      ("lfr.lam", 0.1), ("lfr.start", "uniform"),
+      ("optim.decay_epochs", (18.0,))), epochs=(1, 20))
+  command = curve.train_command(row, "runs/curve")
+  assert "--config.lfr.lam=0.1" in command
+  assert "--config.optim.decay_epochs=(18.0,)" in command
+  assert "--config.checkpoint.keep_epochs=(1,20)" in command
+  config = row.config()
+  assert config.lfr.lam == 0.1 and config.lfr.start == "uniform"
+  assert tuple(config.optim.decay_epochs) == (18.0,)
+  assert curve.eval_command(row, "runs/curve", 20)[-3:-1] == [
+      "--config.eval.checks=True", "--config.eval.geometry=True"]
+
+
+def test_catastrophic_overfitting_is_a_fall_below_the_best_so_far():
+  from tools import curve_report
+  val = lambda epoch, pgd: {"split": "val", "step": epoch * 10,
+                            "epoch": float(epoch), "pgd_acc": pgd}
+  steady = [val(1, 0.4), val(2, 0.5), val(3, 0.45), val(4, 0.6)]
+  assert curve_report.catastrophic_overfitting(steady) is None
+  collapsed = steady + [val(5, 0.35)]
+  found = curve_report.catastrophic_overfitting(collapsed)
+  assert found["epoch"] == 5 and found["best_before"] == pytest.approx(60.0)

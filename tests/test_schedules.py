@@ -62,12 +62,14 @@ def test_bad_schedule_settings_are_one_line(field, value, message):
 
 
 def _early_stop_config():
-  from configs import mnist_standard  # pylint: disable=g-import-not-at-top
-  config = mnist_standard.get_config("smoke")
+  from configs import mnist_ds_natural  # pylint: disable=g-import-not-at-top
+  config = mnist_ds_natural.get_config("smoke")
   config.train.num_epochs = 6.0
   config.optim.decay_epochs = ()
-  # A learning rate too small to change any prediction: validation clean
-  # accuracy is the same every epoch, so it never improves after epoch 1.
+  # Adam steps of 1e-12 are below the weights' float32 resolution, and the
+  # network's logits start apart (SmallCNN's zero last layer would leave
+  # them tied, their argmax at the mercy of rounding): validation accuracy
+  # is the same every epoch, so it never improves after epoch 1.
   config.optim.lr = 1e-12
   config.eval.update({"select_on": "clean", "patience": 2, "val_examples": 16,
                       "test_examples": 16, "batch_size": 16,
@@ -90,3 +92,15 @@ def test_patience_stops_the_run_and_a_rerun_keeps_it_stopped(tmp_path):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     val = [json.loads(l) for l in f if '"split": "val"' in l]
   assert len(val) == 3
+
+
+@pytest.mark.mnist
+def test_patience_counts_from_the_last_learning_rate_decay(tmp_path):
+  config = _early_stop_config()
+  config.train.num_epochs = 8.0
+  config.optim.decay_epochs = (4.0,)
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  # Best at epoch 1; without the decay patience 2 would stop after epoch 3,
+  # with it the count starts at epoch 4: stop after epoch 6.
+  assert summary["early_stop_epoch"] == 6
+  assert summary["best_val"]["epoch"] == 1

@@ -97,9 +97,36 @@ def training_hours(records: list[dict], batch: int, upto_step: int) -> float:
   return seconds / 3600
 
 
+# A validation PGD accuracy this many points below the run's best so far is
+# catastrophic overfitting (Wong et al. 2020): cheap single-step training
+# whose robustness to iterative attacks collapses within an epoch.
+OVERFITTING_DROP = 20.0
+
+
+def catastrophic_overfitting(records: list[dict]) -> dict | None:
+  """The first validation whose PGD accuracy fell OVERFITTING_DROP points.
+
+  Args:
+    records: a run's metrics.jsonl records.
+
+  Returns:
+    {"epoch", "pgd", "best_before"} in %, or None if it never happened.
+  """
+  best = -math.inf
+  by_step = {r["step"]: r for r in records if r.get("split") == "val"}
+  for step in sorted(by_step):
+    pgd = 100 * by_step[step]["pgd_acc"]
+    if pgd <= best - OVERFITTING_DROP:
+      return {"epoch": by_step[step]["epoch"], "pgd": pgd,
+              "best_before": best}
+    best = max(best, pgd)
+  return None
+
+
 def curve_points(results_dir: str) -> dict[str, list[dict]]:
-  """Row name -> one point per evaluated epoch (metrics, epochs, hours)."""
+  """Row name -> one point per evaluated epoch (metrics, epochs, hours, FLOPs)."""
   bench = _load_if_present(os.path.join(results_dir, "step_seconds.json")) or {}
+  flops = _load_if_present(os.path.join(results_dir, "step_flops.json")) or {}
   out = {}
   for row in curve.ROWS:
     folder = os.path.join(results_dir, row.name)
@@ -110,7 +137,7 @@ def curve_points(results_dir: str) -> dict[str, list[dict]]:
                             if r.get("split") == "train_epoch" and r["epoch"]),
                            None)
     points = []
-    for epoch in curve.EPOCHS:
+    for epoch in row.epochs:
       report = _load_if_present(
           os.path.join(folder, f"epoch_{epoch}", "robustness.json"))
       if report is None or config is None or steps_per_epoch is None:
@@ -121,6 +148,9 @@ def curve_points(results_dir: str) -> dict[str, list[dict]]:
       step_s = bench.get("rows", {}).get(row.name, {}).get("median_s")
       point["hours_bench"] = (epoch * steps_per_epoch * step_s / 3600
                               if step_s else None)
+      step_flops = flops.get("rows", {}).get(row.name, {}).get("flops")
+      point["pflops"] = (epoch * steps_per_epoch * step_flops / 1e15
+                         if step_flops else None)
       point["checks"] = report["rows"][0].get("checks", [])
       point["written"] = report.get("written", "")
       points.append(point)
@@ -367,7 +397,7 @@ def curve_section(results_dir: str) -> list[str]:
   out += ["```"] + [curve.shown(curve.train_command(r, "runs/curve"))
                     for r in run_rows] + [
       curve.shown(curve.eval_command(run_rows[0], "runs/curve", e))
-      for e in curve.EPOCHS] + ["```", ""]
+      for e in run_rows[0].epochs] + ["```", ""]
   not_run = [r for r in curve.ROWS if r not in run_rows]
   if not_run:
     out += ["Defined in `tools/curve.py` but not run yet: "
@@ -382,11 +412,26 @@ def curve_section(results_dir: str) -> list[str]:
       body.append([row.label, str(point["epoch"])] + _row_cells(point)[:-1] + [
           "–" if worst is None
           else f"{worst:.2f} ± {halfwidth(worst, point['n']):.2f}",
+          "–" if point.get("pflops") is None else f"{point['pflops']:.1f}",
           "–" if point["hours_bench"] is None
           else f"{point['hours_bench']:.2f}",
           f"{point['hours_measured']:.2f}"])
   out += _table(["method", "epochs"] + [label for _, label in COLUMNS[:-1]]
-                + ["worst case", "training h", "measured h"], body) + [""]
+                + ["worst case", "training PFLOP", "training h",
+                   "measured h"], body) + [""]
+  overfit = []
+  for row in curve.ROWS:
+    found = catastrophic_overfitting(jsonl(os.path.join(
+        results_dir, row.name, "metrics.jsonl")))
+    if points.get(row.name) and found:
+      overfit.append(f"{row.label}: validation PGD-20 fell to "
+                     f"{found['pgd']:.1f}% at epoch {found['epoch']:g} after "
+                     f"{found['best_before']:.1f}%")
+  if any(points.get(r.name) for r in curve.ROWS):
+    out += ["Catastrophic overfitting (validation PGD accuracy falling "
+            f"{OVERFITTING_DROP:g} points below the run's best so far, checked "
+            "every epoch): " + ("; ".join(overfit) if overfit else
+                                "none in any row") + ".", ""]
   if os.path.isfile(os.path.join(results_dir, FIGURE)):
     out += [f"![worst-case robust accuracy against training compute]"
             f"(results/curve/{FIGURE})", ""]
@@ -424,15 +469,19 @@ def write_figure(results_dir: str) -> str | None:
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  reference = authors_model(results_dir)
+  flops = any(p.get("pflops") for pts in points.values() for p in pts)
+  panels = [("epoch", "training epochs")] + (
+      [("pflops", "training compute, PFLOP (XLA cost analysis of the "
+        "compiled step × steps)")] if flops else [])
   benched = any(p.get("hours_bench") for pts in points.values() for p in pts)
-  hours = ("hours_bench", "training hours, 2-core x86_64 CPU (benchmarked "
-           "step time × steps)") if benched else (
-               "hours_measured", "training hours, 2-core x86_64 CPU (as the "
-               "runs logged them)")
-  for axis, key, title in ((axes[0], "epoch", "training epochs"),
-                           (axes[1], *hours)):
+  panels.append(("hours_bench", "training hours, 2-core x86_64 CPU "
+                 "(benchmarked step time × steps)") if benched else (
+                     "hours_measured", "training hours, 2-core x86_64 CPU "
+                     "(as the runs logged them)"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2),
+                           sharey=True)
+  reference = authors_model(results_dir)
+  for axis, (key, title) in zip(axes, panels):
     for row in curve.ROWS:
       pts = [p for p in points.get(row.name, [])
              if p.get(key) is not None and p.get("worst") is not None]
@@ -447,7 +496,8 @@ def write_figure(results_dir: str) -> str | None:
     axis.set_xscale("log", base=2)
     axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     if key == "epoch":
-      axis.set_xticks(list(curve.EPOCHS))
+      axis.set_xticks(sorted({e for r in curve.ROWS if points.get(r.name)
+                              for e in r.epochs}))
     axis.set_xlabel(title)
     axis.grid(alpha=0.3)
   axes[0].set_ylabel("worst-case robust accuracy (%), ε = 0.3")

@@ -67,15 +67,18 @@ def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]
     new: the config of this call as a dict.
 
   Returns:
-    (fields that change the result, fields safe to change), each sorted; a
-    field present on one side only counts as different.
+    (fields that change the result, fields safe to change), each sorted
+    shallowest first; a field present on one side only counts as different.
   """
   old, cur = _normalized(recorded), _normalized(new)
   for key, value in ADDED_FIELDS.items():
     if key in cur and key not in old:
       old[key] = value
-  keys = sorted(k for k in set(old) | set(cur)
-                if old.get(k, KeyError) != cur.get(k, KeyError))
+  # Shallow keys first: a changed ``method`` explains the nested ones it drags
+  # along, and the one-line error shows only the first few.
+  keys = sorted((k for k in set(old) | set(cur)
+                 if old.get(k, KeyError) != cur.get(k, KeyError)),
+                key=lambda k: (k.count("."), k))
   return ([k for k in keys if not is_safe_to_change(k)],
           [k for k in keys if is_safe_to_change(k)])
 
