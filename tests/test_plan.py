@@ -297,3 +297,22 @@ def test_scaling_page_is_built_from_the_committed_plans():
   with open(os.path.join(REPO, "docs", "SCALING.md")) as f:
     assert f.read() == scaling_report.build(), (
         "docs/SCALING.md is stale: run python tools/scaling_report.py")
+
+
+def test_scaling_page_lists_rows_without_a_plan_with_their_command():
+  """A wanted row with no committed plan shows as not compiled, with the
+  command that makes it (the evaluation step only on the main v3-128 rows)."""
+  from tools import scaling_report
+  todo = dict(scaling_report.missing({}))
+  assert len(todo) == len(scaling_report.EXPECTED)
+  assert todo["imagenet_lfr__v3-128"] == (
+      "python -m lfr_jax.plan --config=configs/imagenet_lfr.py "
+      "--topology=v3-128 --out=docs/scaling/imagenet_lfr__v3-128 --overwrite")
+  assert todo["imagenet_llr__v3-128__bf16"].endswith(
+      "--overwrite --config.model.dtype=bfloat16 --eval=false")
+  assert todo["imagenet_lfr__v6e-64"].endswith("--eval=false")
+  present = {"imagenet_lfr__v3-128": {}}
+  assert "imagenet_lfr__v3-128" not in dict(scaling_report.missing(present))
+  page = scaling_report.main_table({})
+  assert page.count(scaling_report.NOT_COMPILED) == sum(
+      1 for _, _, variant, _, _ in scaling_report.EXPECTED if not variant)

@@ -38,9 +38,25 @@ PROG = "tools/scaling_report.py"
 PLANS = os.path.join("docs", "scaling")
 MIXED = "docs/results/mixed_precision.json"
 GiB = 2 ** 30
+NOT_COMPILED = "not yet compiled"
 # LLR paper, Sec. 5.2.1: wall time on 128 TPU v3 cores for 110 epochs.
 LLR_HOURS = {"llr": 7.0, "adversarial training": 36.0}
 LLR_EPOCHS = 110
+# The rows this page is meant to hold: (preset, target, variant, overrides,
+# compile the evaluation step too). A row whose plan is not committed yet is
+# listed as not compiled, with the command that makes it.
+_IMAGENET_TARGETS = ("v3-128", "v4-128", "v5litepod-256", "v6e-64")
+_VARIANTS = {"bf16": ("--config.model.dtype=bfloat16",),
+             "remat_blocks": ("--config.train.remat=blocks",)}
+EXPECTED = (
+    [(preset, target, "", (), target == "v3-128")
+     for target in _IMAGENET_TARGETS
+     for preset in ("imagenet_llr", "imagenet_lfr")]
+    + [("cifar10_lfr", "v5litepod-8", "", (), True),
+       ("mnist_lfr", "v5litepod-1", "", (), True)]
+    + [(preset, "v3-128", variant, overrides, False)
+       for preset in ("imagenet_llr", "imagenet_lfr")
+       for variant, overrides in _VARIANTS.items()])
 
 
 def load_plans(folder: str) -> dict[str, dict[str, Any]]:
@@ -75,6 +91,24 @@ def command(plan: dict[str, Any], name: str) -> str:
   if plan.get("eval_step") is None:
     args.append("--eval=false")
   return "python -m lfr_jax.plan " + " ".join(args)
+
+
+def folder_name(preset: str, target: str, variant: str) -> str:
+  """``docs/scaling`` folder of a row, e.g. "imagenet_lfr__v3-128__bf16"."""
+  return "__".join(part for part in (preset, target, variant) if part)
+
+
+def missing(plans: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+  """(folder name, command) of every :data:`EXPECTED` row without a plan."""
+  out = []
+  for preset, target, variant, overrides, with_eval in EXPECTED:
+    name = folder_name(preset, target, variant)
+    if name not in plans:
+      wanted = {"config": preset, "topology": target,
+                "overrides": list(overrides),
+                "eval_step": {} if with_eval else None}
+      out.append((name, command(wanted, name)))
+  return out
 
 
 def _gib(n: float | None) -> str:
@@ -131,12 +165,18 @@ def main_table(plans: dict[str, dict[str, Any]]) -> str:
     rows.append([
         plan["config"], plan["topology"],
         f"{plan['num_devices']} x {plan['device_kind']} "
-        f"({plan['num_hosts']} hosts)", str(plan["batch_per_device"]),
+        f"({plan['num_hosts']} host{'s' if plan['num_hosts'] != 1 else ''})", str(plan["batch_per_device"]),
         _fits(plan), f"{plan['train_step']['flops']:.3g}", _step(plan),
         f"{_hours(plan['train_hours_lower_bound'])} ({plan['num_epochs']:g} "
         f"epochs)",
         _hours(_hours_for(plan, LLR_EPOCHS)) if llr else "", llr,
         _compile(plan)])
+  for name, _ in missing(plans):
+    preset, target, variant = (split_name(name)[0].split("__")
+                               + [split_name(name)[1]])
+    if not variant:
+      rows.append([preset, target, "", "", NOT_COMPILED, "", "", "", "", "",
+                   ""])
   return text.markdown_table(
       ["preset", "target", "devices", "batch per device", "fits (memory per "
        "device)", "FLOPs/step/device", "roofline s/step (bound)",
@@ -166,6 +206,11 @@ def variant_table(plans: dict[str, dict[str, Any]], variants: tuple[str, ...]
           f"{step['flops']:.4g}", _change(step["flops"], reference["flops"]),
           f"{step['bytes']:.4g}", _change(step["bytes"], reference["bytes"]),
           _step(row), f"{step['lower_seconds'] + step['compile_seconds']:.0f}"])
+  for name, _ in missing(plans):
+    base, variant = split_name(name)
+    if variant in variants:
+      rows.append([*base.split("__"), variant, NOT_COMPILED, "", "", "", "",
+                   "", "", "", "", ""])
   return text.markdown_table(
       ["preset", "target", "row", "settings", "temporaries GiB",
        "total GiB per device", "vs main row", "FLOPs/step", "vs main row",
@@ -181,9 +226,16 @@ def _change(value: float, reference: float) -> str:
 
 
 def commands(plans: dict[str, dict[str, Any]]) -> str:
-  """Every plan's command, one per line, in a code block."""
+  """Every plan's command, one per line, in a code block; then the missing."""
   lines = [command(plan, name) for name, plan in plans.items()]
-  return "```bash\n" + "\n".join(lines) + "\n```"
+  out = "```bash\n" + "\n".join(lines) + "\n```"
+  todo = missing(plans)
+  if todo:
+    out += ("\n\nRows marked \"" + NOT_COMPILED + "\" have no plan yet; each"
+            " is made by its command here (one at a time: an ImageNet compile"
+            " holds 11-18 GiB of host memory):\n\n```bash\n"
+            + "\n".join(line for _, line in todo) + "\n```")
+  return out
 
 
 def chip_table(plans: dict[str, dict[str, Any]]) -> str:
@@ -277,6 +329,26 @@ what makes the CPU step fast; on TPU the plans compare it with the plain
 `lax.conv_general_dilated`:
 
 {conv}
+
+## Compile time
+
+The compile column is wall-clock seconds on a busy shared host (its 1-minute
+load average at the start and end of the plan in brackets; 2 cores), so it
+expect shorter compiles on an idle machine.
+libtpu's compiler spends most of it, and it depends on the target
+generation and the batch per device more than on the program's size: the
+WideResNet-28-8 `cifar10_lfr` step on v5litepod-8 (32 images per chip)
+took about two hours of wall time, the far larger ResNet-152 `imagenet_llr`
+step on v3-128 (4 images per core) 24 minutes. The `cifar10_lfr` inner loop was rolled (the
+plan's `resolved.unroll` is false and its `loops` show the 10 trips), so
+unrolling is not the cause; its compile shared the host with the
+`imagenet_llr` one for 40 minutes and used 56 CPU-minutes in all (GNU `time`
+around the command below). The same `mnist_lfr` training step with 128
+images per device compiled in 129 CPU-seconds for one v5e chip and 46 for
+eight v3 cores (`--topology=v3-8 --config.data.batch_size=1024
+--config.eval.batch_size=512`), and in 55 for one v5e chip with 16 images
+(`--config.data.batch_size=16`), each with `--eval=false`. `--eval=false`
+skips the evaluation step's compile (a quarter of the `cifar10_lfr` time).
 
 ## Commands
 
