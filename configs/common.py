@@ -14,7 +14,8 @@ Layout of a config:
 - ``inner``: the inner maximization shared by the methods that have one:
   ``eps`` (training radius), ``step_size``, ``num_steps``, ``warmup_epochs``
   (eps grows linearly from 0, LLR), ``unroll`` ("auto", "full", "none").
-- ``model``: ``name`` plus keyword arguments of ``lfr_jax.models.create``.
+- ``model``: ``name`` plus keyword arguments of ``lfr_jax.models.create``
+  (among them ``dtype``, the compute dtype, and ``conv``).
 - ``data``, ``optim``, ``train``, ``eval``, ``checkpoint``, ``log``, ``mesh``,
   ``distributed``, ``seed``.
 
@@ -52,17 +53,21 @@ CONVERGE_VAL_EXAMPLES = 2000
 # Every keyword of lfr_jax.models.create for each model the presets use, with
 # its default, so that any of them can be overridden from the command line
 # (e.g. --config.model.activation=softplus). mean/std () = no normalization.
+# Every model also takes the compute dtype ("float32" or "bfloat16":
+# parameters, BatchNorm statistics, logits and losses stay float32) and the
+# convolution ("auto" picks per platform, see lfr_jax.models.layers).
+_NUMERICS = {"dtype": "float32", "conv": "auto"}
 MODELS = {
     "small_cnn": {"num_classes": 10, "in_channels": 1, "dropout": 0.5,
-                  "activation": "relu"},
+                  "activation": "relu", **_NUMERICS},
     "ds_mnist_cnn": {"num_classes": 10, "in_channels": 1, "activation": "relu",
-                     "init": "madry"},
+                     "init": "madry", **_NUMERICS},
     "wide_resnet": {"depth": 28, "width": 10, "num_classes": 10,
                     "in_channels": 3, "activation": "relu", "dropout": 0.0,
-                    "mean": (), "std": ()},
+                    "mean": (), "std": (), **_NUMERICS},
     "resnet152": {"num_classes": 1000, "in_channels": 3, "width": 64,
                   "activation": "relu", "zero_init_residual": False,
-                  "mean": (), "std": ()},
+                  "mean": (), "std": (), **_NUMERICS},
 }
 
 
@@ -140,6 +145,11 @@ def base(method: str) -> ml_collections.ConfigDict:
       # Stop (and checkpoint) after this many epochs of the schedule above;
       # 0 = off. Rerun with a larger value to go on, as with max_steps.
       "max_epochs": 0.0,
+      # Rematerialization: "none", "blocks" (jax.checkpoint around each
+      # residual block: ResNet, WideResNet) or "inner" (around the network
+      # in each step of the inner maximization). Same gradients, other
+      # memory and FLOPs; lfr-plan shows what each saves (docs/SCALING.md).
+      "remat": "none",
   })
   c.eval = ml_collections.ConfigDict({
       "every_epochs": 1,

@@ -21,5 +21,6 @@ Example::
 from lfr_jax import _xla_flags
 
 _xla_flags.add_fast_cpu_flags()
+_xla_flags.skip_absent_tpu()
 
 __version__ = "0.1.0"

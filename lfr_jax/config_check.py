@@ -112,7 +112,8 @@ def _check_method(config) -> None:
   method = config.method
   own = dict(config[method]) if method in config else {}
   allowed = [k for k in objectives.valid_settings(method)
-             if k not in objectives.INNER_SETTINGS and k != "unroll"]
+             if k not in objectives.INNER_SETTINGS
+             and k not in objectives.LOOP_SETTINGS]
   unknown = sorted(set(own) - set(allowed))
   if unknown:
     raise ConfigError(f"config.{method}.{unknown[0]} is not a setting of "
@@ -203,9 +204,25 @@ def _check_eval(config) -> None:
                       "config.checkpoint.keep_best=True.")
 
 
+def _check_numerics(config) -> None:
+  """Compute dtype, convolution and rematerialization."""
+  model = config.model
+  check_choice("model.dtype", model.get("dtype", "float32"),
+               models.layers.DTYPES)
+  check_choice("model.conv", model.get("conv", "auto"),
+               ("auto", *models.layers.CONVS))
+  remat = config.train.get("remat", "none")
+  check_choice("train.remat", remat, models.REMAT)
+  if remat == "blocks" and model.name not in models.REMAT_MODELS:
+    raise ConfigError(f"config.train.remat 'blocks' needs a model of residual "
+                      f"blocks ({', '.join(models.REMAT_MODELS)}); "
+                      f"{model.name!r} has none.")
+
+
 def _check_rest(config) -> None:
   check_integer("seed", config.seed, lo=0)
   check_choice("model.name", config.model.name, models.names())
+  _check_numerics(config)
   check_integer("checkpoint.every_steps", config.checkpoint.every_steps, lo=0)
   check_integer("checkpoint.keep", config.checkpoint.keep, lo=1)
   for epoch in tuple(config.checkpoint.keep_epochs):

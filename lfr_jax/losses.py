@@ -1,7 +1,8 @@
 """Per-example losses of logits, for training, regularizers and attacks.
 
 Every function maps logits (N, C) and integer labels (N,) to one value per
-example (N,); average or sum them yourself. Attack losses are oriented so that
+example (N,); average or sum them yourself. Losses are computed in float32 (at
+least) whatever the logits' dtype. Attack losses are oriented so that
 *higher is more adversarial* (an attack maximizes them):
 
 - :func:`cross_entropy` - softmax cross-entropy.
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from lfr_jax import _validate
+from lfr_jax import precision
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -79,6 +81,7 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     (N,) losses; higher is more adversarial.
   """
   _check(logits, y)
+  logits = precision.at_least_float32(logits)
   return jax.nn.logsumexp(logits, axis=1) - _label_logit(logits, y)
 
 
@@ -93,6 +96,7 @@ def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
     (N,) margins; positive iff misclassified, higher is more adversarial.
   """
   _check(logits, y, min_classes=2)
+  logits = precision.at_least_float32(logits)
   return _best_other_logit(logits, y) - _label_logit(logits, y)
 
 
@@ -111,6 +115,7 @@ def decision_value(logits: jax.Array, y: jax.Array) -> jax.Array:
     (N,) decision values.
   """
   _check(logits, y, min_classes=2)
+  logits = precision.at_least_float32(logits)
   return _label_logit(logits, y) - _best_other_logit(logits, y)
 
 
@@ -129,6 +134,7 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
     (N,) losses; higher is more adversarial.
   """
   _check(logits, y, min_classes=3)
+  logits = precision.at_least_float32(logits)
   top = jnp.sort(logits, axis=1)[:, ::-1]
   return margin(logits, y) / (top[:, 0] - top[:, 2] + DLR_EPS)
 
@@ -147,6 +153,7 @@ def dlr_targeted(logits: jax.Array, y: jax.Array,
   """
   _check(logits, y, min_classes=4)
   _check(logits, y_target)
+  logits = precision.at_least_float32(logits)
   top = jnp.sort(logits, axis=1)[:, ::-1]
   scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_EPS
   return (_label_logit(logits, y_target) - _label_logit(logits, y)) / scale
@@ -170,8 +177,8 @@ def kl_divergence(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
   if p_shape != q_shape or len(p_shape or ()) != 2:
     raise ValueError(f"p_logits and q_logits must both have shape "
                      f"(N, classes), got {p_shape} and {q_shape}.")
-  log_p = jax.nn.log_softmax(p_logits, axis=1)
-  log_q = jax.nn.log_softmax(q_logits, axis=1)
+  log_p = jax.nn.log_softmax(precision.at_least_float32(p_logits), axis=1)
+  log_q = jax.nn.log_softmax(precision.at_least_float32(q_logits), axis=1)
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=1)
 
 

@@ -69,7 +69,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "decision_jacobian": {"c": 1.0, "norm": "l2", "squared": False,
                           "pixel_mean": False},
 }
-_COMMON = {"unroll": True}
+# Loop settings every method takes (those without an inner loop ignore them):
+# ``unroll`` the inner loop; ``remat_inner`` checkpoints the network inside
+# it (config.train.remat "inner"), so that the inner step's second-order
+# gradient recomputes the forward pass instead of keeping it.
+_COMMON = {"unroll": True, "remat_inner": False}
+LOOP_SETTINGS = tuple(_COMMON)
 
 
 def names() -> list[str]:
@@ -86,7 +91,7 @@ def valid_settings(method: str) -> list[str]:
 class _Views:
   """The logits functions one training step needs, built once per step."""
 
-  def __init__(self, net, x, key):
+  def __init__(self, net, x, key, remat_inner=False):
     k_clean, self.k_outer, self.k_inner = jax.random.split(key, 3)
     self.clean_logits, updated = net.apply(x, train=True, bn_mode="batch",
                                            dropout_key=k_clean)
@@ -98,6 +103,8 @@ class _Views:
     frozen = updated.replace(params=lax.stop_gradient(updated.params),
                              state=lax.stop_gradient(updated.state))
     self.inner = frozen.logits_fn(train=False, bn_mode="frozen")
+    if remat_inner:
+      self.inner = jax.checkpoint(self.inner)
 
 
 def _metrics(views, y, loss, ce, reg):
@@ -141,14 +148,15 @@ def _penalized(views, y, weight, penalty, *, nominal_weight=1.0, extra=0.0):
   return loss, (_metrics(views, y, loss, ce, penalty.mean()), views.new_state)
 
 
-def _standard(net, x, y, key, eps, *, unroll):
-  del eps, unroll
+def _standard(net, x, y, key, eps, *, unroll, remat_inner):
+  del eps, unroll, remat_inner
   views = _Views(net, x, key)
   return _penalized(views, y, 0.0, jnp.zeros(()))
 
 
-def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll):
-  views = _Views(net, x, key)
+def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll,
+            remat_inner):
+  views = _Views(net, x, key, remat_inner)
   x_adv = attacks.pgd(views.inner, x, y, views.k_inner, eps=eps,
                       step_size=step_size, num_steps=num_steps,
                       random_start=True, unroll=unroll)
@@ -157,8 +165,9 @@ def _pgd_at(net, x, y, key, eps, *, step_size, num_steps, unroll):
   return adv_ce, (_metrics(views, y, adv_ce, ce, adv_ce), views.new_state)
 
 
-def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll):
-  views = _Views(net, x, key)
+def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll,
+            remat_inner):
+  views = _Views(net, x, key, remat_inner)
   kl, _ = regularizers.trades_kl(views.outer, x, views.k_inner, eps=eps,
                                  step_size=step_size, num_steps=num_steps,
                                  unroll=unroll, inner_logits_fn=views.inner)
@@ -166,8 +175,8 @@ def _trades(net, x, y, key, eps, *, step_size, num_steps, beta, unroll):
 
 
 def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
-         nominal_weight, unroll):
-  views = _Views(net, x, key)
+         nominal_weight, unroll, remat_inner):
+  views = _Views(net, x, key, remat_inner)
   gamma, first_order = regularizers.local_linearity(
       views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
       num_steps=num_steps, unroll=unroll, inner_logits_fn=views.inner)
@@ -176,8 +185,8 @@ def _llr(net, x, y, key, eps, *, step_size, num_steps, lam, mu,
 
 
 def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, ascent,
-         penalty, fd_step, start, unroll):
-  views = _Views(net, x, key)
+         penalty, fd_step, start, unroll, remat_inner):
+  views = _Views(net, x, key, remat_inner)
   flatness, _ = regularizers.local_flatness(
       views.outer, x, y, views.k_inner, eps=eps, step_size=step_size,
       num_steps=num_steps, norm=norm, unroll=unroll,
@@ -186,16 +195,16 @@ def _lfr(net, x, y, key, eps, *, step_size, num_steps, lam, norm, ascent,
   return _penalized(views, y, lam, flatness)
 
 
-def _gradient_norm(net, x, y, key, eps, *, lam, norm, unroll):
-  del eps, unroll
+def _gradient_norm(net, x, y, key, eps, *, lam, norm, unroll, remat_inner):
+  del eps, unroll, remat_inner
   views = _Views(net, x, key)
   return _penalized(views, y, lam, regularizers.input_gradient_norm(
       views.outer, x, y, norm=norm))
 
 
 def _decision_jacobian(net, x, y, key, eps, *, c, norm, squared, pixel_mean,
-                       unroll):
-  del eps, unroll
+                       unroll, remat_inner):
+  del eps, unroll, remat_inner
   views = _Views(net, x, key)
   return _penalized(views, y, c, regularizers.decision_jacobian_norm(
       views.outer, x, y, norm=norm, squared=squared, pixel_mean=pixel_mean))
@@ -254,18 +263,28 @@ def check_settings(method: str, settings: dict[str, Any]) -> None:
 INNER_SETTINGS = ("step_size", "num_steps")
 
 
-def resolve_unroll(value: str) -> bool:
+def resolve_unroll(value: str, platform: str | None = None) -> bool:
   """Maps a config's ``"auto"`` / ``"full"`` / ``"none"`` to ``unroll``.
 
   "auto" unrolls only on CPU, where XLA runs rolled second-order loops about
   3x slower (see docs/BENCHMARKS.md); accelerators skip the compile cost.
+
+  Args:
+    value: "auto", "full" or "none".
+    platform: the platform the loop will run on ("cpu", "gpu", "tpu"), which
+      is not the host's when compiling for other devices; None for the
+      host's default backend.
+
+  Returns:
+    Whether to unroll.
   """
   if value == "auto":
-    return jax.default_backend() == "cpu"
+    return (platform or jax.default_backend()) == "cpu"
   return value == "full"
 
 
-def settings_from_config(config) -> dict[str, Any]:
+def settings_from_config(config, platform: str | None = None
+                         ) -> dict[str, Any]:
   """The keyword settings of :func:`build` for ``config.method``.
 
   The method's own section (e.g. ``config.lfr``) plus the shared inner
@@ -273,6 +292,8 @@ def settings_from_config(config) -> dict[str, Any]:
 
   Args:
     config: a training config (see configs/common.py).
+    platform: the platform the step is compiled for (see
+      :func:`resolve_unroll`); None for the host's default backend.
 
   Returns:
     The settings; ``build(config.method, **settings)`` builds the objective.
@@ -284,7 +305,9 @@ def settings_from_config(config) -> dict[str, Any]:
     if key in allowed:
       settings[key] = config.inner[key]
   if "unroll" in allowed:
-    settings["unroll"] = resolve_unroll(config.inner.unroll)
+    settings["unroll"] = resolve_unroll(config.inner.unroll, platform)
+  if "remat_inner" in allowed:
+    settings["remat_inner"] = config.train.get("remat", "none") == "inner"
   return settings
 
 

@@ -115,6 +115,7 @@ from jax import lax
 
 from lfr_jax import _validate
 from lfr_jax import losses
+from lfr_jax import precision
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 NORMS = ("l1", "l2", "linf")
@@ -187,6 +188,7 @@ def project_linf(x_adv: jax.Array, x: jax.Array, eps) -> jax.Array:
   return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
+@precision.float32_inputs
 def input_gradients(logits_fn: LogitsFn, x: jax.Array, y: jax.Array
                     ) -> jax.Array:
   """Per-example gradients d CE_i / d x_i, as a batch shaped like ``x``.
@@ -227,6 +229,7 @@ def _check_inner(eps, step_size, num_steps):
   _validate.steps("num_steps", num_steps)
 
 
+@precision.float32_inputs
 def input_gradient_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
                         norm: str = "l1") -> jax.Array:
   """First-order penalty ||d CE(x)/dx|| per example (LFR Theorem 2, eps = 0).
@@ -245,6 +248,7 @@ def input_gradient_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
   return per_example_norm(input_gradients(logits_fn, x, y), norm)
 
 
+@precision.float32_inputs
 def flatness_ascent_direction(logits_fn: LogitsFn, x_adv: jax.Array,
                               y: jax.Array, *, norm: str = "l1",
                               ascent: str = "exact", fd_step: float = 0.01
@@ -284,6 +288,7 @@ def _flatness_start(key, x, eps, start, init_std):
                       x, eps)
 
 
+@precision.float32_inputs
 def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                     key: jax.Array, *, eps, step_size, num_steps: int,
                     norm: str = "l1", init_std: float = INIT_STD,
@@ -332,6 +337,7 @@ def flatness_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return lax.stop_gradient(x_worst)
 
 
+@precision.float32_inputs
 def finite_difference_penalty(logits_fn: LogitsFn, x_point: jax.Array,
                               y: jax.Array, *, norm: str = "l1",
                               fd_step: float = 0.01,
@@ -363,6 +369,7 @@ def finite_difference_penalty(logits_fn: LogitsFn, x_point: jax.Array,
   return (shifted - losses.cross_entropy(logits_fn(x_point), y)) / fd_step
 
 
+@precision.float32_inputs
 def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                    key: jax.Array, *, eps, step_size, num_steps: int,
                    norm: str = "l1", init_std: float = INIT_STD,
@@ -429,6 +436,7 @@ def local_flatness(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return value, x_worst
 
 
+@precision.float32_inputs
 def linearity_gap(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                   delta: jax.Array, clean_loss: jax.Array,
                   clean_grad: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -450,6 +458,7 @@ def linearity_gap(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return jnp.abs(adv_loss - clean_loss - first_order), first_order
 
 
+@precision.float32_inputs
 def linearity_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                      key: jax.Array, *, eps, step_size, num_steps: int,
                      unroll: bool = True) -> jax.Array:
@@ -492,6 +501,7 @@ def linearity_ascent(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return lax.stop_gradient(delta)
 
 
+@precision.float32_inputs
 def local_linearity(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                     key: jax.Array, *, eps, step_size=0.1, num_steps: int = 10,
                     unroll: bool = True,
@@ -531,6 +541,7 @@ def local_linearity(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   return gap, jnp.abs(first_order)
 
 
+@precision.float32_inputs
 def decision_jacobian_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
                            norm: str = "l1", squared: bool = False,
                            pixel_mean: bool = False) -> jax.Array:
@@ -568,6 +579,7 @@ def decision_jacobian_norm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
   return value
 
 
+@precision.float32_inputs
 def trades_ascent(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
                   step_size, num_steps: int, init_std: float = INIT_STD,
                   unroll: bool = True) -> jax.Array:
@@ -601,6 +613,7 @@ def trades_ascent(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
   return lax.stop_gradient(x_adv)
 
 
+@precision.float32_inputs
 def trades_kl(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, *, eps,
               step_size, num_steps: int, init_std: float = INIT_STD,
               unroll: bool = True, inner_logits_fn: LogitsFn | None = None

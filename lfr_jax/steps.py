@@ -110,7 +110,7 @@ def make_robust_eval_step(graphdef: Any, eval_cfg, mesh: jax.sharding.Mesh
     A function giving {"clean": correct clean, "pgd": robust, "count": n}.
   """
   replicated, batch = sharding.replicated(mesh), sharding.batch(mesh)
-  unroll = objectives.resolve_unroll(eval_cfg.unroll)
+  unroll = objectives.resolve_unroll(eval_cfg.unroll, sharding.platform(mesh))
 
   def step(params, model_state, x, y, mask, key):
     net = models.Network(graphdef=graphdef, params=params, state=model_state)

@@ -268,14 +268,17 @@ class _Run:
     self.config_changes = workdir_lib.check_config(self.workdir, self.recorded)
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     self.batch_sharding = sharding.batch(self.mesh)
+    platform = sharding.platform(self.mesh)
     try:
       self.objective = objectives.build(
-          config.method, **objectives.settings_from_config(config))
+          config.method, **objectives.settings_from_config(config, platform))
     except ValueError as e:  # config_check.validate has checked the settings
       raise config_check.ConfigError(text.one_line(e)) from None
     root = jax.random.key(config.seed)
     net = models.create(config.model.name, jax.random.fold_in(root, 0),
-                        **models.kwargs_from_config(config.model))
+                        **models.kwargs_from_config(
+                            config.model, platform=platform,
+                            remat=config.train.remat))
     self.graphdef = net.graphdef
     self.tx, self.lr_fn = train_state.make_optimizer(
         config.optim, self.steps_per_epoch, self.total_steps)

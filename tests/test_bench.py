@@ -65,6 +65,8 @@ SMOKE = {
     # The K and batch sweeps run scaling.measure, tested in-process below.
     "scaling": ["--sweeps=sharded", "--sharded_batch=8", "--sharded_k=1",
                 "--devices=2", "--repeats=1", "--warmup=0"],
+    "mixed_precision": (["--train_steps=2", "--batch=8", "--num_steps=1"]
+                        if HAS_MNIST else None),
     "apgd_torchattacks": (["--num_examples=8", "--batch=8", "--steps=2",
                            "--train_steps=1", "--repeats=1", "--threads=1"]
                           if HAS_TORCHATTACKS and HAS_MNIST else None),
@@ -256,6 +258,9 @@ def test_script_runs_with_tiny_flags(smoke_runs, name):
     assert "The variants agree" in out
   if name == "breakdown":
     assert "Per inner step" in out and "input transpose" in out
+  if name == "mixed_precision":
+    assert out.count("| same inner points |") == 5
+    assert out.count("| bf16 end to end |") == 5
   if name == "scaling":
     assert "overhead ratio" in out and "differ by" in out
   if name == "apgd_torchattacks":

@@ -31,6 +31,7 @@ from jax import lax
 
 from lfr_jax import _validate
 from lfr_jax import losses
+from lfr_jax import precision
 from lfr_jax.attacks import common
 
 LogitsFn = common.LogitsFn
@@ -194,6 +195,7 @@ def _finish_apgd(best: common.WorstSoFar, x: jax.Array,
   return lax.stop_gradient(out)
 
 
+@precision.float32_inputs
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
          eps, num_steps: int = 100, norm: str = "linf", loss: str = "ce",
          rho=0.75, restarts: int = 1, unroll: bool | int = False
@@ -248,6 +250,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
   return _finish_apgd(best, x, clean_logits, y)
 
 
+@precision.float32_inputs
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                   key: jax.Array, *, eps, num_steps: int = 100,
                   norm: str = "linf", num_targets: int = 9, rho=0.75,

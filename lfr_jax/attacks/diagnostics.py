@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lfr_jax import losses
+from lfr_jax import precision
 from lfr_jax.attacks import common
 
 # Square Attack's schedule for a 10,000-query budget: the window fraction is
@@ -56,6 +57,7 @@ def _random_squares(key: jax.Array, n: int, height: int, width: int,
   return in_rows[:, :, None, None] & in_cols[:, None, :, None]
 
 
+@precision.float32_inputs
 def random_search(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
                   key: jax.Array, *, eps, num_steps: int, p_init: float = 0.8
                   ) -> dict[str, jax.Array]:
@@ -113,6 +115,7 @@ def random_search(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
   return {"x_adv": lax.stop_gradient(x_best), "decision": decision_best}
 
 
+@precision.float32_inputs
 def pgd_loss_trace(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
                    key: jax.Array, *, eps, step_size, num_steps: int
                    ) -> dict[str, jax.Array]:

@@ -27,12 +27,14 @@ from jax import lax
 
 from lfr_jax import _validate
 from lfr_jax import losses
+from lfr_jax import precision
 from lfr_jax.attacks import common
 
 LogitsFn = common.LogitsFn
 PerExampleLoss = common.PerExampleLoss
 
 
+@precision.float32_inputs
 def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
          eps, random_start: bool = False, start_eps=None, step=None,
          loss: str = "ce") -> jax.Array:
@@ -107,6 +109,7 @@ def _score(logits_fn: LogitsFn, loss_fn: PerExampleLoss, x_adv: jax.Array,
                            loss_fn(logits))
 
 
+@precision.float32_inputs
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
         eps, step_size, num_steps: int, norm: str = "linf", loss: str = "ce",
         random_start: bool = True, restarts: int = 1,
@@ -159,6 +162,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
   return lax.stop_gradient(best.x_adv)
 
 
+@precision.float32_inputs
 def bim(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
         eps, step_size, num_steps: int, norm: str = "linf", loss: str = "ce",
         unroll: bool | int = False) -> jax.Array:
@@ -184,6 +188,7 @@ def bim(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
              restarts=1, unroll=unroll)
 
 
+@precision.float32_inputs
 def mifgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
            eps, step_size, num_steps: int, decay=1.0,
            random_start: bool = False, loss: str = "ce",
@@ -232,6 +237,7 @@ def mifgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
   return lax.stop_gradient(x_adv)
 
 
+@precision.float32_inputs
 def multi_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                    key: jax.Array, *, eps, step_size, num_steps: int,
                    num_targets: int | None = None, norm: str = "linf",

@@ -24,6 +24,7 @@ from jax import lax
 
 from lfr_jax import _validate
 from lfr_jax import losses
+from lfr_jax import precision
 from lfr_jax.attacks import common
 
 
@@ -53,6 +54,7 @@ def _limit_norm(delta: jax.Array, max_norm) -> jax.Array:
       jnp.where(size > max_norm, max_norm / size, 1.0), delta)
 
 
+@precision.float32_inputs
 def ddn(logits_fn: common.LogitsFn, x: jax.Array, y: jax.Array,
         key: jax.Array, *, num_steps: int, gamma=0.05, init_norm=1.0,
         max_norm=None, levels: int | None = None, unroll: bool | int = False

@@ -32,6 +32,7 @@ import jax
 from flax import nnx
 from flax import struct
 
+from lfr_jax.models import layers
 from lfr_jax.models.ds_cnn import DSCifarConvNet, DSMnistCNN
 from lfr_jax.models.layers import BN_MODES
 from lfr_jax.models.resnet import ResNet, ResNet50, ResNet152
@@ -59,9 +60,33 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def kwargs_from_config(model_cfg) -> dict[str, Any]:
-  """Keyword arguments of :func:`create`: a config's ``model`` section minus its name."""
-  return {k: v for k, v in model_cfg.items() if k != "name"}
+# Models made of residual blocks: ``remat=True`` checkpoints each block.
+REMAT_MODELS = ("resnet", "resnet50", "resnet152", "wide_resnet")
+# config.train.remat: "none", "blocks" (the model checkpoints each residual
+# block) or "inner" (the objectives checkpoint the inner maximization's step).
+REMAT = ("none", "blocks", "inner")
+
+
+def kwargs_from_config(model_cfg, *, platform: str | None = None,
+                       remat: str = "none") -> dict[str, Any]:
+  """Keyword arguments of :func:`create`: a config's ``model`` section minus its name.
+
+  Args:
+    model_cfg: the ``model`` section.
+    platform: the platform the model will run on; its "auto" convolution is
+      resolved for it (``layers.resolve_conv``). None: the host's backend.
+    remat: ``config.train.remat``; "blocks" adds ``remat=True`` (models of
+      :data:`REMAT_MODELS` only).
+
+  Returns:
+    The keyword arguments.
+  """
+  kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+  if "conv" in kwargs:
+    kwargs["conv"] = layers.resolve_conv(kwargs["conv"], platform)
+  if remat == "blocks":
+    kwargs["remat"] = True
+  return kwargs
 
 
 @struct.dataclass

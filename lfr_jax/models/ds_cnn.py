@@ -41,7 +41,8 @@ class DSMnistCNN(nnx.Module):
 
   def __init__(self, *, rngs: nnx.Rngs, num_classes: int = 10,
                in_channels: int = 1, activation: str = "relu",
-               init: str = "madry"):
+               init: str = "madry", dtype: str = "float32",
+               conv: str = "auto"):
     """Builds the network.
 
     Args:
@@ -52,25 +53,34 @@ class DSMnistCNN(nnx.Module):
       init: "madry" (truncated normal std 0.1 weights, constant 0.1 biases, as
         in the challenge code) or "torch" (Kaiming-normal convs with zero bias
         and PyTorch-default linear layers, as in SmallCNN).
+      dtype: compute dtype, "float32" or "bfloat16" (see ``layers``).
+      conv: "auto", "custom_vjp" or "lax" (see ``layers.resolve_conv``).
     """
     if init not in MNIST_INITS:
       raise ValueError(f"unknown init {init!r}; valid: {list(MNIST_INITS)}")
+    conv = layers.resolve_conv(conv)
+    kinds = dict(rngs=rngs, dtype=dtype)
     if init == "madry":
       w = nnx.initializers.truncated_normal(stddev=0.1)
       b = nnx.initializers.constant(0.1)
       self.conv1 = layers.conv(in_channels, 32, 5, padding="SAME",
-                               kernel_init=w, bias_init=b, rngs=rngs)
+                               kernel_init=w, bias_init=b, impl=conv, **kinds)
       self.conv2 = layers.conv(32, 64, 5, padding="SAME", kernel_init=w,
-                               bias_init=b, rngs=rngs)
-      self.fc1 = nnx.Linear(7 * 7 * 64, 1024, kernel_init=w, bias_init=b,
-                            rngs=rngs)
-      self.fc2 = nnx.Linear(1024, num_classes, kernel_init=w, bias_init=b,
-                            rngs=rngs)
+                               bias_init=b, impl=conv, **kinds)
+      linear = dict(kernel_init=w, bias_init=b, rngs=rngs,
+                    dtype=layers.compute_dtype(dtype),
+                    param_dtype=jax.numpy.float32)
+      self.fc1 = nnx.Linear(7 * 7 * 64, 1024, **linear)
+      # The classifier computes in float32 (see layers).
+      self.fc2 = nnx.Linear(1024, num_classes,
+                            **dict(linear, dtype=jax.numpy.float32))
     else:
-      self.conv1 = layers.conv(in_channels, 32, 5, padding="SAME", rngs=rngs)
-      self.conv2 = layers.conv(32, 64, 5, padding="SAME", rngs=rngs)
-      self.fc1 = layers.linear(7 * 7 * 64, 1024, rngs=rngs)
-      self.fc2 = layers.linear(1024, num_classes, rngs=rngs)
+      self.conv1 = layers.conv(in_channels, 32, 5, padding="SAME", impl=conv,
+                               **kinds)
+      self.conv2 = layers.conv(32, 64, 5, padding="SAME", impl=conv, **kinds)
+      self.fc1 = layers.linear(7 * 7 * 64, 1024, **kinds)
+      self.fc2 = layers.linear(1024, num_classes, rngs=rngs)  # float32
+    self.dtype = layers.compute_dtype(dtype)
     self.act = layers.activation(activation)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
@@ -88,11 +98,11 @@ class DSMnistCNN(nnx.Module):
       (N, num_classes) logits.
     """
     del train, bn_mode, dropout_key
-    h = layers.max_pool_2x2(self.act(self.conv1(x)))
+    h = layers.max_pool_2x2(self.act(self.conv1(x.astype(self.dtype))))
     h = layers.max_pool_2x2(self.act(self.conv2(h)))
     h = h.reshape(h.shape[0], -1)  # (H, W, C) order, as in the TF original
     h = self.act(self.fc1(h))
-    return self.fc2(h)
+    return layers.float32_logits(self.fc2(h))
 
 
 class DSCifarConvNet(nnx.Module):
@@ -104,7 +114,8 @@ class DSCifarConvNet(nnx.Module):
                strides: Sequence[int] = (1, 2, 1, 2, 1),
                batch_norm: bool = True, activation: str = "relu",
                mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None):
+               std: Sequence[float] | None = None, dtype: str = "float32",
+               conv: str = "auto"):
     """Builds the network.
 
     Args:
@@ -117,9 +128,12 @@ class DSCifarConvNet(nnx.Module):
       activation: "relu" or "softplus".
       mean: optional per-channel input mean, subtracted inside the model.
       std: optional per-channel input std, divided out inside the model.
+      dtype: compute dtype, "float32" or "bfloat16" (see ``layers``).
+      conv: "auto", "custom_vjp" or "lax" (see ``layers.resolve_conv``).
     """
     if len(widths) != len(strides):
       raise ValueError(f"widths {widths} and strides {strides} differ in length")
+    conv = layers.resolve_conv(conv)
     self.convs = nnx.List()
     self.bns = nnx.List()
     prev = in_channels
@@ -127,11 +141,12 @@ class DSCifarConvNet(nnx.Module):
       self.convs.append(layers.conv(
           prev, width, 3, stride=stride, padding=((1, 1), (1, 1)),
           use_bias=not batch_norm, kernel_init=layers.kaiming_normal_fan_out(),
-          rngs=rngs))
+          rngs=rngs, dtype=dtype, impl=conv))
       if batch_norm:
         self.bns.append(layers.BatchNorm(width))
       prev = width
-    self.fc = layers.linear(prev, num_classes, rngs=rngs)
+    self.fc = layers.linear(prev, num_classes, rngs=rngs)  # float32
+    self.dtype = layers.compute_dtype(dtype)
     self.batch_norm = batch_norm
     self.act = layers.activation(activation)
     self.input_mean = layers.channel_stats(mean)
@@ -153,9 +168,10 @@ class DSCifarConvNet(nnx.Module):
     """
     del train, dropout_key
     h = layers.normalize_input(x, self.input_mean, self.input_std)
+    h = h.astype(self.dtype)
     for i, conv in enumerate(self.convs):
       h = conv(h)
       if self.batch_norm:
         h = self.bns[i](h, bn_mode)
       h = self.act(h)
-    return layers.pooled_logits(h, self.fc)
+    return layers.float32_logits(layers.pooled_logits(h, self.fc))

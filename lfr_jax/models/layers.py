@@ -1,4 +1,16 @@
-"""Layers shared by the models: fast conv, PyTorch-style inits, BatchNorm modes.
+"""Layers shared by the models: convolutions, PyTorch-style inits, BatchNorm modes, dtypes.
+
+Every model takes ``dtype`` ("float32" or "bfloat16"), the dtype its
+convolutions, matmuls and activations compute in. Parameters stay float32
+(``param_dtype``), BatchNorm normalizes and keeps its statistics in float32,
+and the classifier (the last linear layer) computes the logits in float32
+from float32 features (:func:`float32_logits` guards the result), so losses
+and everything differentiated with respect to the input stay float32.
+
+Every model also takes ``conv``: "custom_vjp" (the grad-of-grad-safe
+:func:`~lfr_jax.models.conv.fast_conv_general_dilated`, tuned for XLA:CPU),
+"lax" (``lax.conv_general_dilated``) or "auto" (:func:`resolve_conv`: by
+platform).
 
 BatchNorm takes one of three modes, so that LLR's rule (Appendix F: statistics
 taken at the clean point) is a pure function of the model state:
@@ -14,9 +26,11 @@ Example::
     import jax.numpy as jnp
     from flax import nnx
     from lfr_jax.models import layers
-    conv = layers.conv(3, 16, 3, rngs=nnx.Rngs(0))
-    fc = layers.linear(16, 10, rngs=nnx.Rngs(0))
-    logits = layers.pooled_logits(conv(jnp.zeros((2, 8, 8, 3))), fc)  # (2, 10)
+    conv = layers.conv(3, 16, 3, rngs=nnx.Rngs(0), dtype="bfloat16")
+    fc = layers.linear(16, 10, rngs=nnx.Rngs(0), dtype="bfloat16")
+    h = conv(jnp.zeros((2, 8, 8, 3)))                   # bfloat16
+    logits = layers.float32_logits(layers.pooled_logits(h, fc))  # (2, 10) f32
+    layers.resolve_conv("auto", "tpu")                 # "lax"
 """
 
 from __future__ import annotations
@@ -24,10 +38,54 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from lfr_jax.models.conv import fast_conv_general_dilated
 
 BN_MODES = ("batch", "running", "frozen")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONVS = {"custom_vjp": fast_conv_general_dilated,
+         "lax": lax.conv_general_dilated}
+# The convolution "auto" picks per platform. CPU: the custom VJP, 3-50x faster
+# under grad-of-grad on XLA:CPU (docs/BENCHMARKS.md). TPU: lax, from the
+# compiled TPU plans of docs/SCALING.md (the custom VJP's explicit kernel
+# flips and transposes buy XLA:TPU nothing). GPU: not measured yet; the custom
+# VJP, as before the choice existed (``model.conv=lax`` picks the other).
+AUTO_CONV = {"cpu": "custom_vjp", "gpu": "custom_vjp", "tpu": "lax"}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of a model's ``dtype`` setting ("float32" or "bfloat16")."""
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+def resolve_conv(name: str, platform: str | None = None) -> str:
+  """The convolution a model's ``conv`` setting names on ``platform``.
+
+  Args:
+    name: "auto", "custom_vjp" or "lax".
+    platform: "cpu", "gpu" or "tpu"; None for the host's default backend.
+
+  Returns:
+    "custom_vjp" or "lax" ("auto" resolved by :data:`AUTO_CONV`).
+  """
+  if name == "auto":
+    return AUTO_CONV.get(platform or jax.default_backend(), "custom_vjp")
+  if name not in CONVS:
+    raise ValueError(f"unknown conv {name!r}; valid: auto, {', '.join(CONVS)}")
+  return name
+
+
+def conv_function(name: str):
+  """The ``conv_general_dilated`` function of a ``conv`` setting (see :func:`resolve_conv`)."""
+  return CONVS[resolve_conv(name)]
+
+
+def float32_logits(logits: jax.Array) -> jax.Array:
+  """Logits in float32 (at least), whatever the compute dtype."""
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class BatchSnapshot(nnx.Variable):
@@ -65,8 +123,9 @@ def torch_bias_init(fan_in: int):
 
 def conv(in_ch: int, out_ch: int, kernel: int, *, rngs: nnx.Rngs,
          stride: int = 1, padding="VALID", use_bias: bool = True,
-         kernel_init=None, bias_init=None) -> nnx.Conv:
-  """An ``nnx.Conv`` that uses :func:`fast_conv_general_dilated`.
+         kernel_init=None, bias_init=None, dtype: str = "float32",
+         impl: str = "custom_vjp") -> nnx.Conv:
+  """An ``nnx.Conv`` with float32 parameters and the chosen convolution.
 
   Args:
     in_ch: input channels.
@@ -78,6 +137,9 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, rngs: nnx.Rngs,
     use_bias: whether to add a bias.
     kernel_init: weight initializer (default: Kaiming normal, fan_in).
     bias_init: bias initializer (default: zeros).
+    dtype: compute dtype, "float32" or "bfloat16".
+    impl: "custom_vjp" (:func:`fast_conv_general_dilated`), "lax" or "auto"
+      (see :func:`resolve_conv`).
 
   Returns:
     The convolution module.
@@ -86,11 +148,12 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, rngs: nnx.Rngs,
       in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding,
       use_bias=use_bias, kernel_init=kernel_init or kaiming_normal_fan_in(),
       bias_init=bias_init or nnx.initializers.zeros_init(),
-      conv_general_dilated=fast_conv_general_dilated, rngs=rngs)
+      conv_general_dilated=conv_function(impl), dtype=compute_dtype(dtype),
+      param_dtype=jnp.float32, rngs=rngs)
 
 
-def linear(in_f: int, out_f: int, *, rngs: nnx.Rngs, zero: bool = False
-           ) -> nnx.Linear:
+def linear(in_f: int, out_f: int, *, rngs: nnx.Rngs, zero: bool = False,
+           dtype: str = "float32") -> nnx.Linear:
   """A Linear layer with PyTorch's default init (or all zeros).
 
   Args:
@@ -98,15 +161,18 @@ def linear(in_f: int, out_f: int, *, rngs: nnx.Rngs, zero: bool = False
     out_f: output features.
     rngs: NNX random streams.
     zero: initialize weight and bias to zero (TRADES' fc3).
+    dtype: compute dtype, "float32" or "bfloat16"; parameters stay float32.
 
   Returns:
     The linear module.
   """
+  kinds = dict(dtype=compute_dtype(dtype), param_dtype=jnp.float32)
   if zero:
     return nnx.Linear(in_f, out_f, kernel_init=nnx.initializers.zeros_init(),
-                      bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+                      bias_init=nnx.initializers.zeros_init(), rngs=rngs,
+                      **kinds)
   return nnx.Linear(in_f, out_f, kernel_init=torch_linear_init(),
-                    bias_init=torch_bias_init(in_f), rngs=rngs)
+                    bias_init=torch_bias_init(in_f), rngs=rngs, **kinds)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -166,6 +232,9 @@ def pooled_logits(features: jax.Array, classifier: nnx.Linear) -> jax.Array:
   Returns:
     (N, classes) logits.
   """
+  # Averaged in float32 (whatever the compute dtype): the classifier is
+  # float32, so the logits are computed, not just stored, in float32.
+  features = features.astype(jnp.promote_types(features.dtype, jnp.float32))
   return classifier(features.mean(axis=(1, 2)))
 
 
@@ -228,6 +297,10 @@ class BatchNorm(nnx.Module):
     self.epsilon = epsilon
 
   def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+    # Statistics and normalization in float32 whatever the compute dtype; the
+    # result goes back to it.
+    dtype = x.dtype
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))
     axes = tuple(range(x.ndim - 1))
     if mode == "batch":
       mean = x.mean(axes)
@@ -246,7 +319,7 @@ class BatchNorm(nnx.Module):
     else:
       raise ValueError(f"unknown BatchNorm mode {mode!r}; valid: {BN_MODES}")
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return y * self.scale[...] + self.bias[...]
+    return (y * self.scale[...] + self.bias[...]).astype(dtype)
 
 
 def channel_stats(values) -> tuple[float, ...] | None:

@@ -8,6 +8,8 @@ that change the shape use a 1x1 conv + BN projection shortcut. Global average
 pooling and a linear layer give the logits. Convs have no bias and torchvision's
 init (Kaiming normal, fan_out); padding is PyTorch's, so torchvision weights map
 one to one. ``activation="softplus"`` gives LLR's smooth ImageNet model.
+``remat=True`` recomputes each block's activations in the backward pass
+(``jax.checkpoint`` around every block) instead of keeping them.
 
 ResNet-50 has 25.56M parameters, ResNet-152 60.19M.
 
@@ -36,11 +38,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *,
-          rngs: nnx.Rngs) -> nnx.Conv:
+          rngs: nnx.Rngs, dtype: str, impl: str) -> nnx.Conv:
   pad = kernel // 2
   return layers.conv(in_ch, out_ch, kernel, stride=stride,
                      padding=((pad, pad), (pad, pad)), use_bias=False,
-                     kernel_init=layers.kaiming_normal_fan_out(), rngs=rngs)
+                     kernel_init=layers.kaiming_normal_fan_out(), rngs=rngs,
+                     dtype=dtype, impl=impl)
 
 
 class Bottleneck(nnx.Module):
@@ -50,19 +53,21 @@ class Bottleneck(nnx.Module):
 
   def __init__(self, in_ch: int, planes: int, stride: int, *,
                act: Callable[[jax.Array], jax.Array], zero_init_residual: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype: str = "float32",
+               conv: str = "custom_vjp"):
     out_ch = planes * self.expansion
-    self.conv1 = _conv(in_ch, planes, 1, rngs=rngs)
+    kinds = dict(rngs=rngs, dtype=dtype, impl=conv)
+    self.conv1 = _conv(in_ch, planes, 1, **kinds)
     self.bn1 = layers.BatchNorm(planes)
-    self.conv2 = _conv(planes, planes, 3, stride, rngs=rngs)
+    self.conv2 = _conv(planes, planes, 3, stride, **kinds)
     self.bn2 = layers.BatchNorm(planes)
-    self.conv3 = _conv(planes, out_ch, 1, rngs=rngs)
+    self.conv3 = _conv(planes, out_ch, 1, **kinds)
     self.bn3 = layers.BatchNorm(out_ch)
     if zero_init_residual:
       # Each block starts as the identity (Goyal et al., 2017).
       self.bn3.scale[...] = jnp.zeros_like(self.bn3.scale[...])
     if stride != 1 or in_ch != out_ch:
-      self.down_conv = _conv(in_ch, out_ch, 1, stride, rngs=rngs)
+      self.down_conv = _conv(in_ch, out_ch, 1, stride, **kinds)
       self.down_bn = layers.BatchNorm(out_ch)
     else:
       self.down_conv = None
@@ -85,7 +90,8 @@ class ResNet(nnx.Module):
                num_classes: int = 1000, in_channels: int = 3, width: int = 64,
                activation: str = "relu", zero_init_residual: bool = False,
                mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None):
+               std: Sequence[float] | None = None, dtype: str = "float32",
+               conv: str = "auto", remat: bool = False):
     """Builds the network.
 
     Args:
@@ -100,11 +106,17 @@ class ResNet(nnx.Module):
       mean: optional per-channel input mean, subtracted inside the model
         (e.g. ``IMAGENET_MEAN``).
       std: optional per-channel input std (e.g. ``IMAGENET_STD``).
+      dtype: compute dtype, "float32" or "bfloat16" (see ``layers``).
+      conv: "auto", "custom_vjp" or "lax" (see ``layers.resolve_conv``).
+      remat: recompute each block in the backward pass (``jax.checkpoint``).
     """
     if not stage_sizes or any(s < 1 for s in stage_sizes):
       raise ValueError(f"stage_sizes must be positive, got {stage_sizes}")
     act = layers.activation(activation)
-    self.conv1 = _conv(in_channels, width, 7, 2, rngs=rngs)
+    self.dtype = layers.compute_dtype(dtype)
+    conv = layers.resolve_conv(conv)
+    self.conv1 = _conv(in_channels, width, 7, 2, rngs=rngs, dtype=dtype,
+                       impl=conv)
     self.bn1 = layers.BatchNorm(width)
     self.blocks = nnx.List()
     prev = width
@@ -114,10 +126,12 @@ class ResNet(nnx.Module):
         stride = 2 if stage > 0 and i == 0 else 1
         self.blocks.append(Bottleneck(
             prev, planes, stride, act=act,
-            zero_init_residual=zero_init_residual, rngs=rngs))
+            zero_init_residual=zero_init_residual, rngs=rngs, dtype=dtype,
+            conv=conv))
         prev = planes * Bottleneck.expansion
-    self.fc = layers.linear(prev, num_classes, rngs=rngs)
+    self.fc = layers.linear(prev, num_classes, rngs=rngs)  # float32
     self.act = act
+    self.remat = remat
     self.input_mean = layers.channel_stats(mean)
     self.input_std = layers.channel_stats(std)
 
@@ -136,11 +150,15 @@ class ResNet(nnx.Module):
       (N, num_classes) logits.
     """
     del train, dropout_key
-    h = self.conv1(layers.normalize_input(x, self.input_mean, self.input_std))
+    h = layers.normalize_input(x, self.input_mean, self.input_std)
+    h = self.conv1(h.astype(self.dtype))
     h = layers.max_pool(self.act(self.bn1(h, bn_mode)), 3, 2, 1)
     for block in self.blocks:
-      h = block(h, bn_mode)
-    return layers.pooled_logits(h, self.fc)
+      if self.remat:
+        h = nnx.remat(lambda b, h: b(h, bn_mode))(block, h)
+      else:
+        h = block(h, bn_mode)
+    return layers.float32_logits(layers.pooled_logits(h, self.fc))
 
 
 class ResNet50(ResNet):

@@ -28,14 +28,30 @@ class SmallCNN(nnx.Module):
 
   def __init__(self, *, rngs: nnx.Rngs, num_classes: int = 10,
                in_channels: int = 1, dropout: float = 0.5,
-               activation: str = "relu"):
-    self.conv1 = layers.conv(in_channels, 32, 3, rngs=rngs)
-    self.conv2 = layers.conv(32, 32, 3, rngs=rngs)
-    self.conv3 = layers.conv(32, 64, 3, rngs=rngs)
-    self.conv4 = layers.conv(64, 64, 3, rngs=rngs)
-    self.fc1 = layers.linear(64 * 4 * 4, 200, rngs=rngs)
-    self.fc2 = layers.linear(200, 200, rngs=rngs)
-    self.fc3 = layers.linear(200, num_classes, rngs=rngs, zero=True)
+               activation: str = "relu", dtype: str = "float32",
+               conv: str = "auto"):
+    """Builds the network.
+
+    Args:
+      rngs: NNX random streams for initialization.
+      num_classes: number of logits.
+      in_channels: input channels.
+      dropout: dropout rate after fc1.
+      activation: "relu" or "softplus".
+      dtype: compute dtype, "float32" or "bfloat16" (see ``layers``).
+      conv: "auto", "custom_vjp" or "lax" (see ``layers.resolve_conv``).
+    """
+    conv = layers.resolve_conv(conv)
+    kinds = dict(rngs=rngs, dtype=dtype)
+    self.conv1 = layers.conv(in_channels, 32, 3, impl=conv, **kinds)
+    self.conv2 = layers.conv(32, 32, 3, impl=conv, **kinds)
+    self.conv3 = layers.conv(32, 64, 3, impl=conv, **kinds)
+    self.conv4 = layers.conv(64, 64, 3, impl=conv, **kinds)
+    self.fc1 = layers.linear(64 * 4 * 4, 200, **kinds)
+    self.fc2 = layers.linear(200, 200, **kinds)
+    # The classifier computes in float32 (see layers).
+    self.fc3 = layers.linear(200, num_classes, zero=True, rngs=rngs)
+    self.dtype = layers.compute_dtype(dtype)
     self.dropout_rate = dropout
     self.act = layers.activation(activation)
 
@@ -44,7 +60,7 @@ class SmallCNN(nnx.Module):
                dropout_key: jax.Array | None = None) -> jax.Array:
     del bn_mode  # no BatchNorm here
     act = self.act
-    h = act(self.conv1(x))
+    h = act(self.conv1(x.astype(self.dtype)))
     h = layers.max_pool_2x2(act(self.conv2(h)))
     h = act(self.conv3(h))
     h = layers.max_pool_2x2(act(self.conv4(h)))
@@ -52,4 +68,4 @@ class SmallCNN(nnx.Module):
     h = act(self.fc1(h))
     h = layers.dropout(h, self.dropout_rate, dropout_key, train)
     h = act(self.fc2(h))
-    return self.fc3(h)
+    return layers.float32_logits(self.fc3(h))

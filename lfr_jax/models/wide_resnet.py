@@ -11,7 +11,9 @@ and a N(0, 2 / fan_out) init; the linear layer has PyTorch's default weight
 init and a zero bias. Padding is PyTorch's (1 on each side of a 3x3 conv), so
 stride-2 convs sample the same pixels as the reference implementation.
 
-WRN-28-10 has 36.5M parameters; WRN-34-10 (TRADES) 46.2M.
+WRN-28-10 has 36.5M parameters; WRN-34-10 (TRADES) 46.2M. ``remat=True``
+recomputes each block's activations in the backward pass (``jax.checkpoint``
+around every block) instead of keeping them.
 
 Example::
 
@@ -35,10 +37,12 @@ _PAD3 = ((1, 1), (1, 1))
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *,
-          rngs: nnx.Rngs) -> nnx.Conv:
+          rngs: nnx.Rngs, dtype: str = "float32",
+          impl: str = "custom_vjp") -> nnx.Conv:
   return layers.conv(in_ch, out_ch, kernel, stride=stride,
                      padding=_PAD3 if kernel == 3 else "VALID", use_bias=False,
-                     kernel_init=layers.kaiming_normal_fan_out(), rngs=rngs)
+                     kernel_init=layers.kaiming_normal_fan_out(), rngs=rngs,
+                     dtype=dtype, impl=impl)
 
 
 class WideBasicBlock(nnx.Module):
@@ -46,13 +50,15 @@ class WideBasicBlock(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *,
                act: Callable[[jax.Array], jax.Array], dropout: float,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype: str = "float32",
+               conv: str = "custom_vjp"):
+    kinds = dict(rngs=rngs, dtype=dtype, impl=conv)
     self.bn1 = layers.BatchNorm(in_ch)
-    self.conv1 = _conv(in_ch, out_ch, 3, stride, rngs=rngs)
+    self.conv1 = _conv(in_ch, out_ch, 3, stride, **kinds)
     self.bn2 = layers.BatchNorm(out_ch)
-    self.conv2 = _conv(out_ch, out_ch, 3, 1, rngs=rngs)
+    self.conv2 = _conv(out_ch, out_ch, 3, 1, **kinds)
     if in_ch != out_ch or stride != 1:
-      self.shortcut = _conv(in_ch, out_ch, 1, stride, rngs=rngs)
+      self.shortcut = _conv(in_ch, out_ch, 1, stride, **kinds)
     else:
       self.shortcut = None
     self.act = act
@@ -76,7 +82,8 @@ class WideResNet(nnx.Module):
                num_classes: int = 10, in_channels: int = 3,
                activation: str = "relu", dropout: float = 0.0,
                mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None):
+               std: Sequence[float] | None = None, dtype: str = "float32",
+               conv: str = "auto", remat: bool = False):
     """Builds the network.
 
     Args:
@@ -89,26 +96,34 @@ class WideResNet(nnx.Module):
       dropout: dropout rate between the two convs of each block.
       mean: optional per-channel input mean, subtracted inside the model.
       std: optional per-channel input std, divided out inside the model.
+      dtype: compute dtype, "float32" or "bfloat16" (see ``layers``).
+      conv: "auto", "custom_vjp" or "lax" (see ``layers.resolve_conv``).
+      remat: recompute each block in the backward pass (``jax.checkpoint``).
     """
     if depth < 4 or (depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
     blocks_per_group = (depth - 4) // 6
     act = layers.activation(activation)
+    self.dtype = layers.compute_dtype(dtype)
+    conv = layers.resolve_conv(conv)
     widths = (16, 16 * width, 32 * width, 64 * width)
-    self.conv1 = _conv(in_channels, widths[0], 3, 1, rngs=rngs)
+    self.conv1 = _conv(in_channels, widths[0], 3, 1, rngs=rngs, dtype=dtype,
+                       impl=conv)
     self.blocks = nnx.List()
     prev = widths[0]
     for group, group_stride in enumerate((1, 2, 2)):
       for i in range(blocks_per_group):
         self.blocks.append(WideBasicBlock(
             prev, widths[group + 1], group_stride if i == 0 else 1, act=act,
-            dropout=dropout, rngs=rngs))
+            dropout=dropout, rngs=rngs, dtype=dtype, conv=conv))
         prev = widths[group + 1]
     self.bn = layers.BatchNorm(prev)
     self.fc = nnx.Linear(prev, num_classes,
                          kernel_init=layers.torch_linear_init(),
-                         bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+                         bias_init=nnx.initializers.zeros_init(), rngs=rngs,
+                         dtype=jax.numpy.float32)  # float32 classifier
     self.act = act
+    self.remat = remat
     self.input_mean = layers.channel_stats(mean)
     self.input_std = layers.channel_stats(std)
 
@@ -126,10 +141,14 @@ class WideResNet(nnx.Module):
     Returns:
       (N, num_classes) logits.
     """
-    h = self.conv1(layers.normalize_input(x, self.input_mean, self.input_std))
+    h = layers.normalize_input(x, self.input_mean, self.input_std)
+    h = self.conv1(h.astype(self.dtype))
     for i, block in enumerate(self.blocks):
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-      h = block(h, bn_mode, train, key)
+      if self.remat:
+        h = nnx.remat(lambda b, h, k: b(h, bn_mode, train, k))(block, h, key)
+      else:
+        h = block(h, bn_mode, train, key)
     h = self.act(self.bn(h, bn_mode))
     # Global mean = TRADES' avg_pool2d(8) on 32x32 inputs, any size otherwise.
-    return layers.pooled_logits(h, self.fc)
+    return layers.float32_logits(layers.pooled_logits(h, self.fc))

@@ -31,6 +31,12 @@ SAFE_TO_CHANGE = ("train.max_steps", "train.max_epochs", "log.", "eval.",
 
 
 
+# Fields added after runs were recorded, with the value that reproduces what
+# those runs did: a config.json without them compares as if it held these.
+ADDED_FIELDS = {"model.dtype": "float32", "model.conv": "auto",
+                "train.remat": "none"}
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -65,6 +71,9 @@ def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]
     shallowest first; a field present on one side only counts as different.
   """
   old, cur = _normalized(recorded), _normalized(new)
+  for key, value in ADDED_FIELDS.items():
+    if key in cur and key not in old:
+      old[key] = value
   # Shallow keys first: a changed ``method`` explains the nested ones it drags
   # along, and the one-line error shows only the first few.
   keys = sorted((k for k in set(old) | set(cur)
