@@ -317,6 +317,7 @@ def stage_flops(root: str, rows, dry_run: bool) -> None:
     result["rows"][row.name] = step_flops(row)
     print(f"{row.name}: {result['rows'][row.name]['flops']:.3g} FLOPs/step",
           flush=True)
+  from lfr_jax import files  # pylint: disable=g-import-not-at-top
   os.makedirs(root, exist_ok=True)
   files.write_json(path, result)
 
