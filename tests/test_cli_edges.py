@@ -20,6 +20,7 @@ import pytest
 from lfr_jax import cli
 from lfr_jax import config_check
 from lfr_jax import training
+from smoke_configs import smoke  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -42,15 +43,6 @@ def not_logged(stderr: str) -> list[str]:
           if l.strip() and not re.match(r"^[IW]\d{4} ", l)]
 
 
-def smoke(preset="mnist_standard", **overrides):
-  module = __import__(f"configs.{preset}", fromlist=["get_config"])
-  config = module.get_config("smoke")
-  config.eval.test_examples = config.eval.val_examples = 16
-  config.eval.batch_size = 16
-  for field, value in overrides.items():
-    section, key = field.split("__")
-    config[section][key] = value
-  return config
 
 
 # --- --help --------------------------------------------------------------------

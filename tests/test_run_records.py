@@ -18,6 +18,7 @@ import pytest
 
 from lfr_jax import training
 from lfr_jax import workdir as workdir_lib
+from smoke_configs import smoke  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -25,15 +26,6 @@ sys.path.insert(0, REPO)
 pytestmark = pytest.mark.mnist
 
 
-def smoke(preset="mnist_standard", **overrides):
-  module = __import__(f"configs.{preset}", fromlist=["get_config"])
-  config = module.get_config("smoke")
-  config.eval.test_examples = config.eval.val_examples = 16
-  config.eval.batch_size = 16
-  for field, value in overrides.items():
-    section, key = field.split("__")
-    config[section][key] = value
-  return config
 
 
 def constant(**overrides):

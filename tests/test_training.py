@@ -21,6 +21,7 @@ from lfr_jax import steps
 from lfr_jax import train_state
 from lfr_jax import training
 from lfr_jax import workdir as workdir_lib
+from smoke_configs import smoke  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -31,16 +32,6 @@ PRESET_OF = {"standard": "mnist_standard", "pgd_at": "mnist_at",
              "decision_jacobian": "mnist_decision_jacobian"}
 
 
-def smoke(preset, **overrides):
-  module = __import__(f"configs.{preset}", fromlist=["get_config"])
-  config = module.get_config("smoke")
-  config.eval.test_examples = 16
-  config.eval.val_examples = 16
-  config.eval.batch_size = 16
-  for field, value in overrides.items():
-    section, key = field.split("__")
-    config[section][key] = value
-  return config
 
 
 def _records(workdir):
