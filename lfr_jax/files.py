@@ -114,7 +114,8 @@ def _remove_dead_temporaries(folder: str, name: str) -> None:
   for entry in entries:
     if entry.startswith(prefix):
       pid = entry[len(prefix):].split("-", 1)[0]
-      if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+      if (pid.isdigit() and int(pid) != os.getpid()
+          and not process_alive(int(pid))):
         with contextlib.suppress(OSError):
           os.remove(os.path.join(folder, entry))
 
@@ -173,7 +174,8 @@ def start_version(folder: str | os.PathLike, version: str) -> str:
   return stage
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether a process with this id exists (one we may not signal counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -187,7 +189,7 @@ def _remove_dead_stages(folder: str) -> None:
   """Removes the staging folders of killed processes (never published)."""
   for name in os.listdir(folder):
     match = _STAGING.match(name)
-    if match and int(match.group(1)) != os.getpid() and not _alive(
+    if match and int(match.group(1)) != os.getpid() and not process_alive(
         int(match.group(1))):
       shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 

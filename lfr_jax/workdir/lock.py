@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 
+from lfr_jax import files
 from lfr_jax.workdir import layout
 
 
@@ -31,12 +32,9 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(pid: int, start: str | None) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
+  # A reused pid is told apart by its start time.
+  if not files.process_alive(pid):
     return False
-  except PermissionError:
-    return True
   now = _process_start(pid)
   return start is None or now is None or now == start
 
